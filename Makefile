@@ -1,0 +1,31 @@
+# The two commands: `make run` serves a development endpoint, `make test` runs the whole suite.
+# Both set up everything they need first (system packages, .venv, the package).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEV_CONFIG := config/dev.toml
+
+.PHONY: run test system-deps venv clean
+
+run: system-deps venv
+	$(BIN)/hsmkms dev-setup --config $(DEV_CONFIG) --credentials var/dev-credentials.json
+	exec $(BIN)/hsmkms serve --config $(DEV_CONFIG)
+
+test: system-deps venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+venv: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from hsmkms.cli import main
+
+main()

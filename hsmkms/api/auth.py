@@ -1,0 +1,206 @@
+"""Request authentication: the two signature schemes the official clients use.
+
+- V1, HMAC-SHA1 over the sorted, percent-encoded parameters, in the ``Signature`` parameter: the legacy
+  Python SDK, the Node SDK, Terraform, and the Tea SDK with ``signature_algorithm='v2'``.
+- V3, ``ACS3-HMAC-SHA256`` over a canonical request, in the ``Authorization`` header: the Tea SDKs' default.
+
+The string builders are pure functions (pinned by the reference's known-answer vectors in the unit tests);
+``Authenticator`` adds the checks that need state: the access key, the clock window and nonce replay.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from hsmkms.errors import (
+    IllegalTimestamp,
+    IncompleteSignature,
+    InvalidParameter,
+    InvalidTimeStampExpired,
+    MissingParameter,
+    SignatureDoesNotMatch,
+    SignatureNonceUsed,
+    StsTokenNotSupported,
+)
+from hsmkms.service.access_keys import Credential
+from hsmkms.store.nonces import NonceStore
+
+V3_ALGORITHM = "ACS3-HMAC-SHA256"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+MAX_NONCE_CHARS = 128
+# Parameters whose values never go back to the client inside an error message.
+SENSITIVE_PARAMETERS = frozenset({"Plaintext"})
+
+_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?Z\Z")
+_V3_FIELD = re.compile(r"\s*(Credential|SignedHeaders|Signature)=([^,\s]*)\s*")
+
+
+def pct(text: str) -> str:
+    """RFC 3986 encoding as both schemes define it: unreserved characters kept, the rest %XX upper-case."""
+    return quote(text, safe="-_.~")
+
+
+# --- V1 ------------------------------------------------------------------------------------------------
+
+
+def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
+    canonical = "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(params.items()) if k != "Signature")
+    return f"{method}&%2F&{pct(canonical)}"
+
+
+def v1_signature(secret: str, string_to_sign: str) -> str:
+    digest = hmac.new(f"{secret}&".encode(), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+# --- V3 ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class V3Authorization:
+    access_key_id: str
+    signed_headers: tuple[str, ...]
+    signature: str
+
+
+def parse_v3_authorization(value: str) -> V3Authorization:
+    algorithm, _, rest = value.partition(" ")
+    if algorithm != V3_ALGORITHM:
+        raise IncompleteSignature(f"Unsupported signature algorithm; use {V3_ALGORITHM}.")
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        match = _V3_FIELD.fullmatch(part)
+        if not match or match.group(1) in fields:
+            raise IncompleteSignature()
+        fields[match.group(1)] = match.group(2)
+    if set(fields) != {"Credential", "SignedHeaders", "Signature"} or not all(fields.values()):
+        raise IncompleteSignature()
+    return V3Authorization(
+        access_key_id=fields["Credential"],
+        signed_headers=tuple(fields["SignedHeaders"].lower().split(";")),
+        signature=fields["Signature"].lower(),
+    )
+
+
+def v3_canonical_request(method: str, path: str, query: Sequence[tuple[str, str]], headers: Mapping[str, str],
+                         signed_headers: Sequence[str], payload_hash: str) -> str:
+    canonical_query = "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(query))
+    canonical_headers = "".join(f"{name}:{headers.get(name, '').strip()}\n" for name in signed_headers)
+    return "\n".join(
+        [method, path, canonical_query, canonical_headers, ";".join(signed_headers), payload_hash]
+    )
+
+
+def v3_string_to_sign(canonical_request: str) -> str:
+    return f"{V3_ALGORITHM}\n{hashlib.sha256(canonical_request.encode('utf-8')).hexdigest()}"
+
+
+def v3_signature(secret: str, string_to_sign: str) -> str:
+    return hmac.new(secret.encode(), string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+# --- checks with state ---------------------------------------------------------------------------------
+
+
+def parse_timestamp(value: str | None) -> float:
+    """``YYYY-MM-DDThh:mm:ss[.fff]Z`` (UTC) as unix seconds; IllegalTimestamp when absent or malformed."""
+    match = _TIMESTAMP.match(value or "")
+    if not match:
+        raise IllegalTimestamp()
+    try:
+        return datetime(*map(int, match.groups()), tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise IllegalTimestamp() from None
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """What authentication reads from an HTTP request."""
+
+    method: str
+    path: str
+    query: Sequence[tuple[str, str]]  # decoded URL query pairs (V3 signs only these)
+    params: Mapping[str, str]  # query and form body merged (V1 signs all of them)
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+class Authenticator:
+    def __init__(self, credentials: Callable[[str], Credential], nonces: NonceStore,
+                 clock: Callable[[], float], skew_seconds: int):
+        self._credentials = credentials
+        self._nonces = nonces
+        self._clock = clock
+        self._skew = skew_seconds
+
+    def authenticate(self, request: SignedRequest) -> str:
+        """Verify the request's signature; return the AccessKeyId that signed it."""
+        authorization = request.headers.get("authorization", "")
+        if authorization.startswith("ACS3-"):
+            return self._v3(request, authorization)
+        if "Signature" in request.params:
+            return self._v1(request)
+        raise MissingParameter("Signature")
+
+    def _v1(self, request: SignedRequest) -> str:
+        params = request.params
+        if "SecurityToken" in params:
+            raise StsTokenNotSupported()
+        if params.get("SignatureMethod") != "HMAC-SHA1":
+            raise IncompleteSignature("SignatureMethod must be HMAC-SHA1.")
+        if params.get("SignatureVersion") != "1.0":
+            raise IncompleteSignature("SignatureVersion must be 1.0.")
+        access_key_id = params.get("AccessKeyId") or _missing("AccessKeyId")
+        timestamp = parse_timestamp(params.get("Timestamp"))
+        nonce = params.get("SignatureNonce") or _missing("SignatureNonce")
+        credential = self._credentials(access_key_id)
+        string_to_sign = v1_string_to_sign(request.method, params)
+        if not hmac.compare_digest(v1_signature(credential.secret, string_to_sign), params["Signature"]):
+            redacted = {k: ("***" if k in SENSITIVE_PARAMETERS else v) for k, v in params.items()}
+            raise SignatureDoesNotMatch(v1_string_to_sign(request.method, redacted))
+        self._check_fresh(access_key_id, timestamp, nonce)
+        return access_key_id
+
+    def _v3(self, request: SignedRequest, authorization: str) -> str:
+        headers = request.headers
+        if "x-acs-security-token" in headers:
+            raise StsTokenNotSupported()
+        parsed = parse_v3_authorization(authorization)
+        timestamp = parse_timestamp(headers.get("x-acs-date"))
+        nonce = headers.get("x-acs-signature-nonce") or _missing("x-acs-signature-nonce")
+        payload_hash = headers.get("x-acs-content-sha256") or _missing("x-acs-content-sha256")
+        unsigned = {"host", *(name for name in headers if name.startswith("x-acs-"))} - set(parsed.signed_headers)
+        if unsigned:
+            raise IncompleteSignature(f"SignedHeaders must include {', '.join(sorted(unsigned))}.")
+        credential = self._credentials(parsed.access_key_id)
+        canonical = v3_canonical_request(request.method, request.path, request.query, headers,
+                                         parsed.signed_headers, payload_hash)
+        string_to_sign = v3_string_to_sign(canonical)
+        if not hmac.compare_digest(v3_signature(credential.secret, string_to_sign), parsed.signature):
+            raise SignatureDoesNotMatch(string_to_sign.replace("\n", "\\n"))
+        # The signature covers the declared hash; the body must match it.
+        if not hmac.compare_digest(hashlib.sha256(request.body).hexdigest(), payload_hash.lower()):
+            raise SignatureDoesNotMatch("x-acs-content-sha256 does not match the request body")
+        self._check_fresh(parsed.access_key_id, timestamp, nonce)
+        return parsed.access_key_id
+
+    def _check_fresh(self, access_key_id: str, timestamp: float, nonce: str) -> None:
+        now = self._clock()
+        if abs(now - timestamp) > self._skew:
+            raise InvalidTimeStampExpired()
+        if len(nonce) > MAX_NONCE_CHARS:
+            raise InvalidParameter("SignatureNonce", f"It must not exceed {MAX_NONCE_CHARS} characters.")
+        # Remembered until the request's timestamp leaves the window: no replay can pass the clock after.
+        if not self._nonces.claim(access_key_id, nonce, now, timestamp + self._skew):
+            raise SignatureNonceUsed()
+
+
+def _missing(name: str):
+    raise MissingParameter(name)

@@ -1,0 +1,103 @@
+"""Request parameters: merged from the URL query and a form body, then read through typed accessors.
+
+Every accessor either returns a valid value or raises the Alibaba error for it (MissingParameter,
+InvalidParameter), so action handlers never see a raw, unchecked string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl
+
+from hsmkms.errors import InvalidParameter, MissingParameter, ParseRequestParameterException
+from hsmkms.service.context import parse_context, validate_context
+
+MAX_PARAMETERS = 256
+_INTEGER = re.compile(r"[+-]?[0-9]{1,10}\Z")
+_BOOLEANS = {"true": True, "false": False}  # compared case-insensitively: Python SDKs send True/False
+
+
+def parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
+    """Decode ``a=1&b=2`` (``+`` is a space, escapes are UTF-8).
+
+    Raw non-ASCII bytes, escapes that are not UTF-8, or too many fields are a 400, never a guess.
+    """
+    if not encoded:
+        return []
+    try:
+        return parse_qsl(encoded.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
+                         max_num_fields=MAX_PARAMETERS)
+    except (UnicodeDecodeError, ValueError):
+        raise ParseRequestParameterException() from None
+
+
+def merge(*sources: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One parameter map; a name given twice is refused rather than guessed at."""
+    params: dict[str, str] = {}
+    for pairs in sources:
+        for name, value in pairs:
+            if name in params:
+                raise InvalidParameter(name, "The parameter is given more than once.")
+            params[name] = value
+    return params
+
+
+class Params:
+    def __init__(self, values: Mapping[str, str]):
+        self.values = values
+
+    def optional(self, name: str, default: str | None = None) -> str | None:
+        value = self.values.get(name)
+        return default if value is None or value == "" else value
+
+    def required(self, name: str) -> str:
+        value = self.values.get(name)
+        if value is None or value == "":
+            raise MissingParameter(name)
+        return value
+
+    def text(self, name: str, max_chars: int, default: str = "", required: bool = False) -> str:
+        value = self.required(name) if required else self.values.get(name, default)
+        if len(value) > max_chars:
+            raise InvalidParameter(name, f"It must not exceed {max_chars} characters.")
+        return value
+
+    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int | None:
+        value = self.optional(name)
+        if value is None:
+            return default
+        if not _INTEGER.match(value) or not low <= int(value) <= high:
+            raise InvalidParameter(name, f"It must be an integer from {low} to {high}.")
+        return int(value)
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        value = self.optional(name)
+        if value is None:
+            return default
+        try:
+            return _BOOLEANS[value.lower()]
+        except KeyError:
+            raise InvalidParameter(name, "It must be true or false.") from None
+
+    def choice(self, name: str, choices: Iterable[str], default: str | None = None) -> str | None:
+        value = self.optional(name, default)
+        if value is not None and value not in choices:
+            raise InvalidParameter(name, f"Valid values: {', '.join(sorted(choices))}.")
+        return value
+
+    def context(self, name: str = "EncryptionContext") -> dict[str, str]:
+        """An EncryptionContext as a JSON string, or flattened as ``<name>.<key>=<value>`` (Node SDK)."""
+        prefix = name + "."
+        flattened = {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+        if flattened:
+            if self.values.get(name):
+                raise InvalidParameter(name, "Give the context either as JSON or flattened, not both.")
+            return validate_context(flattened, name)
+        return parse_context(self.values.get(name), name)
+
+    def page(self, default_size: int = 10, max_size: int = 100) -> tuple[int, int]:
+        """(PageNumber, PageSize), both validated."""
+        number = self.integer("PageNumber", 1, 1_000_000, default=1)
+        size = self.integer("PageSize", 1, max_size, default=default_size)
+        return number, size

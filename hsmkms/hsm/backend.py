@@ -1,0 +1,84 @@
+"""What the service needs from an HSM, and the few errors it can raise.
+
+Nothing above this package sees a python-pkcs11 type: keys are addressed by an object id string (a CMK
+version id, or the name of a service key), and PKCS#11 failures arrive as one of the errors below with the
+original exception kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class HsmError(Exception):
+    """The HSM refused or failed an operation for a reason that is not the caller's fault."""
+
+
+class HsmUnavailable(HsmError):
+    """The token cannot be reached: not present, not logged in, session lost, device error."""
+
+
+class HsmKeyMissing(HsmError):
+    """No key object with the requested id exists in the token."""
+
+
+class HsmAuthFailed(HsmError):
+    """The PIN was refused (wrong, locked or expired)."""
+
+
+class DecryptionFailed(Exception):
+    """Authenticated decryption failed: wrong key, wrong AAD or tampered data.  The caller's fault."""
+
+
+@dataclass(frozen=True)
+class KeyObjectInfo:
+    """Public attributes of a key object, read back from the token (never its value)."""
+
+    object_id: str
+    label: str
+    token: bool
+    private: bool
+    sensitive: bool
+    extractable: bool
+    always_sensitive: bool
+    never_extractable: bool
+    encrypt: bool
+    decrypt: bool
+    wrap: bool
+    unwrap: bool
+    sign: bool
+    verify: bool
+    derive: bool
+    key_bits: int
+
+
+class HsmBackend(Protocol):
+    def open(self) -> None:
+        """Load the module, find the token, log in; idempotent, and re-done after a fork."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> bool:
+        """True when the token answers and the session is logged in."""
+
+    def random(self, length: int) -> bytes:
+        """``length`` bytes from the token's RNG (C_GenerateRandom)."""
+
+    def create_aes_key(self, object_id: str, label: str) -> None:
+        """Generate a persistent, sensitive, non-extractable AES-256 key in the token."""
+
+    def destroy_key(self, object_id: str) -> None: ...
+
+    def has_key(self, object_id: str) -> bool: ...
+
+    def list_key_ids(self) -> dict[str, str]:
+        """Every hsmkms-made key object in the token: object id -> label."""
+
+    def key_info(self, object_id: str) -> KeyObjectInfo: ...
+
+    def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-GCM inside the token; returns ciphertext || 16-byte tag."""
+
+    def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
+        """Inverse of gcm_encrypt; raises DecryptionFailed when the tag does not verify."""

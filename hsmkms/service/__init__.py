@@ -1,0 +1,1 @@
+"""The key service: what a KMS does, independent of HTTP (keys, aliases, data keys, access keys)."""

@@ -1,0 +1,65 @@
+"""EncryptionContext: parsing and the canonical form used as AES-GCM additional authenticated data.
+
+A context is a JSON object of string to string.  It is compared as a map, so ``{"a":"1","b":"2"}``,
+``{"b": "2", "a": "1"}`` and the Node SDK's flattened ``EncryptionContext.a=1&EncryptionContext.b=2`` are
+the same context; an absent context equals ``{}``.  The canonical serialisation (sorted keys, compact
+separators, UTF-8, no ASCII escaping) is the AAD, so two contexts authenticate each other exactly when they
+are equal as maps.  Plain concatenation would not do: ``{"ab":"c"}`` and ``{"a":"bc"}`` would collide.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from hsmkms.errors import InvalidParameter
+
+MAX_CONTEXT_CHARS = 8192
+
+EMPTY_AAD = b"{}"
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def parse_context(text: str | None, name: str = "EncryptionContext") -> dict[str, str]:
+    """Parse the JSON-string form.  ``None`` or an empty string means no context."""
+    if text is None or text == "":
+        return {}
+    if len(text) > MAX_CONTEXT_CHARS:
+        raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except (ValueError, RecursionError):
+        raise InvalidParameter(name, "It must be a JSON object of string keys to string values.") from None
+    return validate_context(value, name)
+
+
+def validate_context(value: object, name: str = "EncryptionContext") -> dict[str, str]:
+    """Check that ``value`` is a map of string to string within the size limit."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidParameter(name, "It must be a JSON object of string keys to string values.")
+    context = dict(value)
+    if len(canonical_text(context)) > MAX_CONTEXT_CHARS:
+        raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
+    return context
+
+
+def canonical_text(context: Mapping[str, str]) -> str:
+    return json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_aad(context: Mapping[str, str]) -> bytes:
+    """The bytes bound to a ciphertext as GCM additional data."""
+    if not context:
+        return EMPTY_AAD
+    # surrogatepass: a lone surrogate escaped in JSON (\ud800) is a valid JSON string; keep it distinct.
+    return canonical_text(context).encode("utf-8", "surrogatepass")

@@ -1,0 +1,81 @@
+"""Data keys, Encrypt and Decrypt: every wrap and unwrap is AES-GCM inside the HSM.
+
+Plaintext handling follows the reference §5.1: Encrypt seals the UTF-8 bytes of the Plaintext string as
+received and Decrypt returns exactly that string; GenerateDataKey seals the Base64 text of the data key, so
+that Decrypt of its blob returns the same Base64 text GenerateDataKey returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hsmkms.errors import InvalidCiphertext
+from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
+from hsmkms.service import blob
+from hsmkms.service.context import canonical_aad
+from hsmkms.service.keys import KeyService
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    key_id: str
+    key_version_id: str
+    ciphertext_blob: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    sealed: Sealed
+    plaintext_b64: str
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    key_id: str
+    key_version_id: str
+    plaintext: str
+
+
+class CryptoService:
+    def __init__(self, keys: KeyService, hsm: HsmBackend):
+        self.keys = keys
+        self.hsm = hsm
+
+    def generate_data_key(self, key_ref: str, number_of_bytes: int, context: Mapping[str, str],
+                          action: str = "GenerateDataKey") -> DataKey:
+        key = self.keys.usable(key_ref, action)
+        # One RNG round trip serves both the data key and the IV.
+        random = self.hsm.random(number_of_bytes + blob.IV_LEN)
+        data_key, iv = random[:number_of_bytes], random[number_of_bytes:]
+        plaintext_b64 = base64.b64encode(data_key).decode("ascii")
+        sealed = self._seal(key.key_id, key.primary_version_id, iv, plaintext_b64, context)
+        return DataKey(sealed, plaintext_b64)
+
+    def encrypt(self, key_ref: str, plaintext: str, context: Mapping[str, str]) -> Sealed:
+        key = self.keys.usable(key_ref, "Encrypt")
+        iv = self.hsm.random(blob.IV_LEN)
+        return self._seal(key.key_id, key.primary_version_id, iv, plaintext, context)
+
+    def decrypt(self, ciphertext_blob: str, context: Mapping[str, str], action: str = "Decrypt") -> Opened:
+        parsed = blob.decode(ciphertext_blob)
+        version = self.keys.version(parsed.key_version_id)
+        key = self.keys.usable(version.key_id, action)
+        try:
+            plaintext = self.hsm.gcm_decrypt(version.version_id, parsed.iv, parsed.sealed, canonical_aad(context))
+        except DecryptionFailed:
+            raise InvalidCiphertext() from None
+        try:
+            text = plaintext.decode("utf-8")
+        except UnicodeDecodeError:  # sealed by something other than this service
+            raise InvalidCiphertext() from None
+        return Opened(key.key_id, version.version_id, text)
+
+    def _seal(self, key_id: str, version_id: str, iv: bytes, plaintext: str,
+              context: Mapping[str, str]) -> Sealed:
+        sealed = self.hsm.gcm_encrypt(version_id, iv, plaintext.encode("utf-8"), canonical_aad(context))
+        return Sealed(key_id, version_id, blob.encode(blob.Blob(version_id, iv, sealed)))

@@ -1,0 +1,62 @@
+"""Process-local caches of metadata, dropped whenever the metadata store changed.
+
+The hot path must not read the database on every request, yet a key disabled through another worker
+process or the CLI must be refused at once.  SQLite's ``PRAGMA data_version`` changes whenever another
+connection committed, and costs a few microseconds; ``refresh()`` runs once per request and clears every
+registered cache when it moved.  An entry read before a clear is not stored after it (``generation``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, TypeVar
+
+from hsmkms.store.base import Store
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Cache(Generic[K, V]):
+    def __init__(self, watch: StoreWatch):
+        self._entries: dict[K, V] = {}
+        self._watch = watch
+        watch.register(self)
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def put(self, key: K, value: V, generation: int) -> None:
+        if generation == self._watch.generation:
+            self._entries[key] = value
+
+    def pop(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class StoreWatch:
+    def __init__(self, store: Store):
+        self._store = store
+        self._seen: int | None = None
+        self._caches: list[Cache] = []
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def register(self, cache: Cache) -> None:
+        self._caches.append(cache)
+
+    def refresh(self) -> None:
+        version = self._store.data_version()
+        if version != self._seen:
+            self.invalidate(version)
+
+    def invalidate(self, version: int | None = None) -> None:
+        """Drop every cached entry (also called after this process changed metadata itself)."""
+        with self._lock:
+            self.generation += 1
+            self._seen = version
+            for cache in self._caches:
+                cache.clear()

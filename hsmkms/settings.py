@@ -1,0 +1,180 @@
+"""One typed Settings object, read from a TOML file and overridden by ``HSMKMS_*`` environment variables.
+
+Every setting is documented in ``config/hsmkms.example.toml``.  The environment variable for
+``[section] key`` is ``HSMKMS_SECTION_KEY`` (``HSMKMS_SERVER_LISTEN``, ``HSMKMS_HSM_TOKEN_LABEL`` ...);
+top-level keys drop the section (``HSMKMS_DATA_DIR``).  Relative paths in a file are relative to that file's
+folder; relative paths in the environment are relative to the working directory.
+
+The token PIN is not a setting: it comes from ``HSMKMS_HSM_PIN`` or from the file named by
+``[hsm] pin_file`` and is read only when the HSM session logs in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PIN_ENV = "HSMKMS_HSM_PIN"
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+class SettingsError(Exception):
+    """The configuration is unreadable or names an invalid value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # top level
+    data_dir: Path = Path("var")
+    # [server]
+    listen: str = "127.0.0.1:8080"
+    workers: int = 0  # 0: one worker process per CPU core
+    max_body_bytes: int = 64 * 1024
+    # [kms]
+    region: str = "cn-hangzhou"
+    account_id: str = "1000000000000000"
+    # [hsm]
+    module: str = SOFTHSM_MODULE
+    token_label: str = "hsmkms"
+    pin_file: Path | None = None
+    # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
+    softhsm_token_dir: Path | None = None
+    # [store]
+    database: Path | None = None  # default: <data_dir>/hsmkms.db
+    # [auth]
+    clock_skew_seconds: int = 900
+    # [log]
+    log_level: str = "INFO"
+    # where the settings came from, for messages
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "hsmkms.db"
+
+    @property
+    def softhsm_conf_path(self) -> Path | None:
+        return None if self.softhsm_token_dir is None else self.data_dir / "softhsm2.conf"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def read_pin(self) -> str:
+        """The token PIN, from the environment or the PIN file.  Never logged, never stored elsewhere."""
+        pin = os.environ.get(PIN_ENV)
+        if pin:
+            return pin
+        if self.pin_file is None:
+            raise SettingsError(f"no token PIN: set {PIN_ENV} or [hsm] pin_file")
+        try:
+            pin = self.pin_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SettingsError(f"cannot read the PIN file {self.pin_file}: {exc.strerror}") from None
+        if not pin:
+            raise SettingsError(f"the PIN file {self.pin_file} is empty")
+        return pin
+
+    def apply_process_environment(self) -> None:
+        """Point SoftHSM at our configuration file when hsmkms manages the token."""
+        if self.softhsm_conf_path is not None:
+            os.environ["SOFTHSM2_CONF"] = str(self.softhsm_conf_path)
+
+
+# (TOML section, key) -> Settings field.  The environment name is derived from the first two.
+_FIELDS: dict[tuple[str, str], str] = {
+    ("", "data_dir"): "data_dir",
+    ("server", "listen"): "listen",
+    ("server", "workers"): "workers",
+    ("server", "max_body_bytes"): "max_body_bytes",
+    ("kms", "region"): "region",
+    ("kms", "account_id"): "account_id",
+    ("hsm", "module"): "module",
+    ("hsm", "token_label"): "token_label",
+    ("hsm", "pin_file"): "pin_file",
+    ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
+    ("store", "path"): "database",
+    ("auth", "clock_skew_seconds"): "clock_skew_seconds",
+    ("log", "level"): "log_level",
+}
+_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database"}
+_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds"}
+
+
+def env_name(section: str, key: str) -> str:
+    return "_".join(part for part in ("HSMKMS", section.replace(".", "_"), key) if part).upper()
+
+
+def _lookup(document: dict, section: str, key: str):
+    node = document
+    for part in filter(None, section.split(".")):
+        node = node.get(part, {})
+        if not isinstance(node, dict):
+            raise SettingsError(f"[{section}] must be a table")
+    return node.get(key)
+
+
+def _coerce(name: str, value, base: Path) -> object:
+    if name in _PATH_FIELDS:
+        if value in ("", None):
+            return None if name != "data_dir" else Path("var")
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+    if name in _INT_FIELDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+    if not isinstance(value, str):
+        raise SettingsError(f"{name} must be a string, not {value!r}")
+    return value
+
+
+def load(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read ``path`` (optional), then apply ``HSMKMS_*`` overrides from ``environ`` (default os.environ)."""
+    environ = os.environ if environ is None else environ
+    document: dict = {}
+    base = Path.cwd()
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        try:
+            document = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read {file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file} is not valid TOML: {exc}") from None
+        base = file.resolve().parent
+        source = str(file)
+    values: dict[str, object] = {}
+    for (section, key), name in _FIELDS.items():
+        raw = _lookup(document, section, key)
+        if raw is not None:
+            values[name] = _coerce(name, raw, base)
+        env_value = environ.get(env_name(section, key))
+        if env_value is not None:
+            values[name] = _coerce(name, env_value, Path.cwd())
+    settings = dataclasses.replace(Settings(source=source), **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    try:
+        _, port = settings.listen_host_port
+    except ValueError:
+        raise SettingsError(f"listen must be HOST:PORT, not {settings.listen!r}") from None
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"listen port out of range: {port}")
+    if settings.workers < 0:
+        raise SettingsError("workers must be 0 (one per core) or more")
+    if not settings.region or ":" in settings.region:
+        raise SettingsError(f"region is not valid: {settings.region!r}")
+    if not settings.account_id.isdigit():
+        raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
+    if len(settings.token_label.encode()) > 32:
+        raise SettingsError("token_label has at most 32 bytes")

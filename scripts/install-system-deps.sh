@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the system packages hsmkms needs (SoftHSMv2, and the Python venv module) when they are missing.
+# As root this uses apt-get; otherwise it says what to install and fails.
+set -euo pipefail
+
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] || need+=(softhsm2)
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+for extra in "$@"; do
+    command -v "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "hsmkms needs these Debian packages: ${need[*]}" >&2
+    echo "install them with: sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+fi
+echo "installing ${need[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
