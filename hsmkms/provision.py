@@ -31,7 +31,13 @@ def write_private(path: Path, text: str) -> None:
 
 
 def softhsm_config_text(token_dir: Path) -> str:
-    return f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
+    return "\n".join([
+        f"directories.tokendir = {token_dir}",
+        "objectstore.backend = file",
+        "log.level = ERROR",
+        "slots.removable = false",
+        "",
+    ])
 
 
 def ensure_softhsm_token(settings: Settings) -> bool:

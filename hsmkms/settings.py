@@ -75,6 +75,8 @@ class Settings:
             pin = self.pin_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SettingsError(f"cannot read the PIN file {self.pin_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"the PIN file {self.pin_file} is not UTF-8 text") from None
         if not pin:
             raise SettingsError(f"the PIN file {self.pin_file} is empty")
         return pin
@@ -125,10 +127,12 @@ def _coerce(name: str, value, base: Path) -> object:
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else (base / path).resolve()
     if name in _INT_FIELDS:
-        try:
+        # TOML gives ints (bools and floats are refused, not truncated); the environment gives strings.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isascii() and value.strip().lstrip("+-").isdigit():
             return int(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+        raise SettingsError(f"{name} must be an integer, not {value!r}")
     if not isinstance(value, str):
         raise SettingsError(f"{name} must be a string, not {value!r}")
     return value
@@ -172,9 +176,13 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"listen port out of range: {port}")
     if settings.workers < 0:
         raise SettingsError("workers must be 0 (one per core) or more")
+    if settings.max_body_bytes < 1:
+        raise SettingsError("max_body_bytes must be positive")
+    if settings.clock_skew_seconds < 1:
+        raise SettingsError("clock_skew_seconds must be positive")
     if not settings.region or ":" in settings.region:
         raise SettingsError(f"region is not valid: {settings.region!r}")
-    if not settings.account_id.isdigit():
+    if not (settings.account_id.isascii() and settings.account_id.isdigit()):
         raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
     if len(settings.token_label.encode()) > 32:
         raise SettingsError("token_label has at most 32 bytes")

@@ -62,6 +62,23 @@ _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
 _TAG_MISMATCH_ERRORS = (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
 
 
+_initialised_in: dict[str, int] = {}  # module path -> pid that initialised it
+
+
+def _library(module_path: str):
+    """The loaded module, initialised in *this* process.
+
+    A forked child inherits the parent's "initialised" library state, which is not usable there: finalise
+    it and initialise again (PKCS#11 requires a child to call C_Initialize itself).
+    """
+    lib = pkcs11.lib(module_path)
+    pid = os.getpid()
+    if _initialised_in.get(module_path, pid) != pid:
+        lib.reinitialize()
+    _initialised_in[module_path] = pid
+    return lib
+
+
 def master_key_template(object_id: str, label: str) -> dict:
     """What a master key is: a token object that can only encrypt and decrypt, and never leaves."""
     return {
@@ -143,7 +160,7 @@ class Pkcs11Backend:
 
     def _login(self):
         try:
-            self._lib = pkcs11.lib(self._module_path)
+            self._lib = _library(self._module_path)
             token = self._lib.get_token(token_label=self._token_label)
         except p11.NoSuchToken as exc:
             raise HsmUnavailable(f"no token labelled {self._token_label!r} in {self._module_path}") from exc
@@ -330,7 +347,7 @@ class Pkcs11Backend:
 
 
 def token_exists(module_path: str, token_label: str) -> bool:
-    lib = pkcs11.lib(module_path)
+    lib = _library(module_path)
     return any(True for _ in lib.get_tokens(token_label=token_label))
 
 
@@ -340,7 +357,7 @@ def initialise_token(module_path: str, token_label: str, so_pin: str, user_pin: 
     python-pkcs11 does not wrap C_InitToken, so that one call goes through ctypes to the same, already
     initialised library; everything else uses python-pkcs11.
     """
-    lib = pkcs11.lib(module_path)
+    lib = _library(module_path)
     free = [
         slot
         for slot in lib.get_slots(token_present=True)

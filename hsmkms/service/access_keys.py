@@ -70,19 +70,19 @@ class AccessKeyService:
 
     def credential(self, access_key_id: str) -> Credential:
         """The usable credential for a signature check: InvalidAccessKeyId.NotFound / Forbidden.AccessKey."""
-        generation = self.watch.generation
-        credential = self._credentials.get(access_key_id)
+        credential = self._credentials.get(access_key_id, lambda: self._unseal(access_key_id))
         if credential is None:
-            record = self.store.get_access_key(access_key_id) if len(access_key_id) <= 128 else None
-            if record is None:
-                raise InvalidAccessKeyIdNotFound()
-            secret = self.hsm.gcm_decrypt(SERVICE_KEY_ID, record.secret_iv, record.secret_sealed,
-                                          _aad(access_key_id))
-            credential = Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled")
-            self._credentials.put(access_key_id, credential, generation)
+            raise InvalidAccessKeyIdNotFound()
         if not credential.enabled:
             raise ForbiddenAccessKey()
         return credential
+
+    def _unseal(self, access_key_id: str) -> Credential | None:
+        record = self.store.get_access_key(access_key_id) if len(access_key_id) <= 128 else None
+        if record is None:
+            return None
+        secret = self.hsm.gcm_decrypt(SERVICE_KEY_ID, record.secret_iv, record.secret_sealed, _aad(access_key_id))
+        return Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled")
 
     def list(self) -> list[AccessKeyRecord]:
         return self.store.list_access_keys()

@@ -26,7 +26,7 @@ FORMAT_1 = 1
 VERSION_ID_LEN = 36
 IV_LEN = 12
 TAG_LEN = 16
-# The longest blob Decrypt accepts: a 6 KB Encrypt plaintext, base64-grown data keys are far smaller.
+# Longest ciphertext + tag accepted: room for a 6 KB Encrypt plaintext; data keys are far smaller.
 MAX_SEALED_LEN = 8 * 1024
 
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -57,7 +57,7 @@ def decode(text: str) -> Blob:
         raise InvalidCiphertext() from None
     if not raw or raw[0] not in _HEX_DIGITS:
         raise InvalidCiphertext()  # not format 1, and no other format exists yet
-    if len(raw) < VERSION_ID_LEN + IV_LEN + TAG_LEN:
+    if not VERSION_ID_LEN + IV_LEN + TAG_LEN <= len(raw) <= VERSION_ID_LEN + IV_LEN + MAX_SEALED_LEN:
         raise InvalidCiphertext()
     version = raw[:VERSION_ID_LEN]
     if not _UUID.match(version):

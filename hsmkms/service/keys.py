@@ -120,34 +120,27 @@ class KeyService:
         return key
 
     def version(self, version_id: str) -> VersionRecord:
-        generation = self.watch.generation
-        version = self._versions.get(version_id)
+        version = self._versions.get(
+            version_id, lambda: self.store.get_version(version_id) if _UUID.match(version_id) else None
+        )
         if version is None:
-            version = self.store.get_version(version_id) if _UUID.match(version_id) else None
-            if version is None:
-                raise KeyNotFound()
-            self._versions.put(version_id, version, generation)
+            raise KeyNotFound()
         return version
 
     def _key(self, key_id: str) -> KeyRecord:
-        generation = self.watch.generation
-        key = self._keys.get(key_id)
+        key = self._keys.get(key_id, lambda: self.store.get_key(key_id) if _UUID.match(key_id) else None)
         if key is None:
-            key = self.store.get_key(key_id) if _UUID.match(key_id) else None
-            if key is None:
-                raise KeyNotFound()
-            self._keys.put(key_id, key, generation)
+            raise KeyNotFound()
         return key
 
     def _alias_target(self, alias_name: str) -> str:
-        generation = self.watch.generation
-        key_id = self._aliases.get(alias_name)
-        if key_id is None:
+        def load() -> str | None:
             alias = self.store.get_alias(alias_name)
-            if alias is None:
-                raise AliasNotFound()
-            key_id = alias.key_id
-            self._aliases.put(alias_name, key_id, generation)
+            return alias.key_id if alias else None
+
+        key_id = self._aliases.get(alias_name, load)
+        if key_id is None:
+            raise AliasNotFound()
         return key_id
 
     def _arn_target(self, arn: str) -> str:

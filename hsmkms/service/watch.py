@@ -9,6 +9,7 @@ registered cache when it moved.  An entry read before a clear is not stored afte
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from hsmkms.store.base import Store
@@ -23,12 +24,15 @@ class Cache(Generic[K, V]):
         self._watch = watch
         watch.register(self)
 
-    def get(self, key: K) -> V | None:
-        return self._entries.get(key)
-
-    def put(self, key: K, value: V, generation: int) -> None:
-        if generation == self._watch.generation:
-            self._entries[key] = value
+    def get(self, key: K, load: Callable[[], V | None]) -> V | None:
+        """The cached value, or ``load()``'s (cached unless None, or unless the caches were cleared meanwhile)."""
+        value = self._entries.get(key)
+        if value is None:
+            generation = self._watch.generation
+            value = load()
+            if value is not None and generation == self._watch.generation:
+                self._entries[key] = value
+        return value
 
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)

@@ -1,0 +1,128 @@
+"""The PKCS#11 backend on a real SoftHSM token created in a temporary directory."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+
+import pkcs11
+import pytest
+from pkcs11 import Attribute, ObjectClass
+
+from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
+from hsmkms.hsm.pkcs11 import Pkcs11Backend
+
+
+def new_key(hsm) -> str:
+    object_id = str(uuid.uuid4())
+    hsm.create_aes_key(object_id, f"hsmkms:cmk:test:{object_id}")
+    return object_id
+
+
+def test_master_key_attributes_on_the_token(hsm):
+    object_id = new_key(hsm)
+    info = hsm.key_info(object_id)
+    assert info.label == f"hsmkms:cmk:test:{object_id}"
+    assert info.key_bits == 256
+    assert (info.token, info.private, info.sensitive, info.extractable) == (True, True, True, False)
+    assert (info.always_sensitive, info.never_extractable) == (True, True)
+    assert (info.encrypt, info.decrypt) == (True, True)
+    assert not any([info.wrap, info.unwrap, info.sign, info.verify, info.derive])
+
+
+def test_key_value_cannot_be_read(hsm, hsm_settings):
+    """Independently of the backend: the token itself refuses to reveal the key value."""
+    object_id = new_key(hsm)
+    lib = pkcs11.lib(hsm_settings.module)
+    token = lib.get_token(token_label=hsm_settings.token_label)
+    with token.open() as session:  # the process is logged in already; a second session shares that
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
+        with pytest.raises(pkcs11.exceptions.AttributeSensitive):
+            key[Attribute.VALUE]
+
+
+def test_gcm_round_trip_and_failures(hsm):
+    object_id = new_key(hsm)
+    iv = hsm.random(12)
+    sealed = hsm.gcm_encrypt(object_id, iv, b"secret data", b'{"a":"1"}')
+    assert len(sealed) == len(b"secret data") + 16
+    assert hsm.gcm_decrypt(object_id, iv, sealed, b'{"a":"1"}') == b"secret data"
+    with pytest.raises(DecryptionFailed):
+        hsm.gcm_decrypt(object_id, iv, sealed, b'{"a":"2"}')
+    tampered = bytes([sealed[0] ^ 1]) + sealed[1:]
+    with pytest.raises(DecryptionFailed):
+        hsm.gcm_decrypt(object_id, iv, tampered, b'{"a":"1"}')
+    with pytest.raises(DecryptionFailed):
+        hsm.gcm_decrypt(new_key(hsm), iv, sealed, b'{"a":"1"}')
+
+
+def test_unknown_key_object(hsm):
+    with pytest.raises(HsmKeyMissing):
+        hsm.gcm_encrypt(str(uuid.uuid4()), bytes(12), b"x", b"")
+    assert not hsm.has_key(str(uuid.uuid4()))
+
+
+def test_random_comes_in_the_asked_length(hsm):
+    values = {hsm.random(32) for _ in range(50)}
+    assert len(values) == 50 and all(len(v) == 32 for v in values)
+    assert len(hsm.random(1036)) == 1036
+
+
+def test_list_and_destroy(hsm):
+    object_id = new_key(hsm)
+    assert hsm.list_key_ids()[object_id] == f"hsmkms:cmk:test:{object_id}"
+    hsm.destroy_key(object_id)
+    assert not hsm.has_key(object_id)
+    assert object_id not in hsm.list_key_ids()
+    hsm.destroy_key(object_id)  # idempotent
+
+
+def test_concurrent_threads_are_serialised(hsm):
+    """SoftHSM aborts when two threads call it at once; the backend's lock must prevent that."""
+    object_id = new_key(hsm)
+    errors: list[BaseException] = []
+    checked = []
+
+    def work(index: int) -> None:
+        try:
+            for round_number in range(200):
+                iv = hsm.random(12)
+                message = f"{index}-{round_number}".encode()
+                aad = str(index).encode()
+                sealed = hsm.gcm_encrypt(object_id, iv, message, aad)
+                assert hsm.gcm_decrypt(object_id, iv, sealed, aad) == message
+                checked.append(1)
+        except BaseException as exc:  # collected and re-raised by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(checked) == 8 * 200
+
+
+def _child_uses_backend(hsm: Pkcs11Backend, object_id: str, iv: bytes, sealed: bytes, queue) -> None:
+    try:
+        queue.put(hsm.gcm_decrypt(object_id, iv, sealed, b""))
+    except BaseException as exc:
+        queue.put(repr(exc))
+
+
+def test_backend_reopens_after_fork(hsm):
+    """A forked worker initialises the library and logs in itself, and finds keys made by its parent."""
+    object_id = new_key(hsm)
+    iv = hsm.random(12)
+    sealed = hsm.gcm_encrypt(object_id, iv, b"from the parent", b"")
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_uses_backend, args=(hsm, object_id, iv, sealed, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == b"from the parent"
+    # The parent's session is untouched.
+    assert hsm.gcm_decrypt(object_id, iv, sealed, b"") == b"from the parent"

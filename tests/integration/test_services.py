@@ -1,0 +1,104 @@
+"""Key, crypto and access-key services over a real SoftHSM token and SQLite store."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from hsmkms.app import build_runtime
+from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
+from hsmkms.hsm.backend import DecryptionFailed
+from hsmkms.service.keys import hsm_label
+from hsmkms.store.base import StoreError
+from hsmkms.store.sqlite import SqliteStore
+
+CREATE = dict(key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
+              protection_level="HSM", description="")
+
+
+def test_create_key_puts_the_version_in_the_hsm(runtime, hsm):
+    key = runtime.services.keys.create_key(**CREATE)
+    labels = hsm.list_key_ids()
+    assert labels[key.primary_version_id] == hsm_label(key.key_id, key.primary_version_id)
+    assert runtime.store.get_version(key.primary_version_id).key_id == key.key_id
+
+
+def test_failed_metadata_write_leaves_no_hsm_object(runtime, hsm, monkeypatch):
+    before = set(hsm.list_key_ids())
+
+    def broken(*args):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(runtime.store, "create_key", broken)
+    with pytest.raises(StoreError):
+        runtime.services.keys.create_key(**CREATE)
+    assert set(hsm.list_key_ids()) == before
+
+
+def test_resolve_by_every_form(runtime):
+    keys = runtime.services.keys
+    key = keys.create_key(**CREATE)
+    keys.create_alias("alias/app", key.key_id)
+    arn = runtime.services.identity.key_arn(key.key_id)
+    for ref in [key.key_id, "alias/app", arn, runtime.services.identity.alias_arn("alias/app")]:
+        assert keys.resolve(ref).key_id == key.key_id
+    with pytest.raises(KeyNotFound):
+        keys.resolve(str(uuid.uuid4()))
+    with pytest.raises(AliasNotFound):
+        keys.resolve("alias/other")
+
+
+def test_ciphertexts_survive_a_restart(runtime, hsm):
+    crypto = runtime.services.crypto
+    key = runtime.services.keys.create_key(**CREATE)
+    data_key = crypto.generate_data_key(key.key_id, 32, {"a": "b"})
+    sealed = crypto.encrypt(key.key_id, "hello", {})
+    runtime.store.close()
+    restarted = build_runtime(runtime.settings, hsm=hsm)  # a new process would start like this
+    assert restarted.services.crypto.decrypt(data_key.sealed.ciphertext_blob, {"a": "b"}).plaintext == \
+        data_key.plaintext_b64
+    assert restarted.services.crypto.decrypt(sealed.ciphertext_blob, {}).plaintext == "hello"
+    with pytest.raises(InvalidCiphertext):
+        restarted.services.crypto.decrypt(sealed.ciphertext_blob, {"x": "y"})
+    restarted.store.close()
+
+
+def test_changes_from_another_process_drop_the_caches(runtime):
+    keys = runtime.services.keys
+    key = keys.create_key(**CREATE)
+    keys.create_alias("alias/moving", key.key_id)
+    runtime.watch.refresh()
+    assert keys.resolve("alias/moving").key_id == key.key_id  # now cached
+    other = SqliteStore(runtime.store.path)  # the CLI, or another worker
+    assert other.delete_alias("alias/moving")
+    other.close()
+    runtime.watch.refresh()
+    with pytest.raises(AliasNotFound):
+        keys.resolve("alias/moving")
+
+
+def test_access_key_secret_is_sealed_at_rest(runtime):
+    access_keys = runtime.services.access_keys
+    access_key_id, secret = access_keys.create("test")
+    assert access_keys.credential(access_key_id).secret == secret
+    assert secret not in repr(access_keys.credential(access_key_id))
+    runtime.store.close()
+    for path in runtime.settings.data_dir.iterdir():
+        assert secret.encode() not in path.read_bytes(), path
+    with pytest.raises(InvalidAccessKeyIdNotFound):
+        access_keys.credential("LTAIunknown")
+
+
+def test_sealed_secret_is_bound_to_its_id(runtime):
+    access_keys = runtime.services.access_keys
+    first, _ = access_keys.create()
+    second, _ = access_keys.create()
+    record = runtime.store.get_access_key(first)
+    conn = runtime.store._conn
+    conn.execute("UPDATE access_keys SET secret_iv = ?, secret_sealed = ? WHERE access_key_id = ?",
+                 (record.secret_iv, record.secret_sealed, second))
+    runtime.watch.invalidate()
+    with pytest.raises(DecryptionFailed):
+        access_keys.credential(second)
+

@@ -1,0 +1,128 @@
+"""Response rendering: compact JSON, XML for Format=XML, errors always JSON."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import flask
+import pytest
+
+from hsmkms.api.render import JSON_TYPE, XML_TYPE, error, success
+from hsmkms.errors import (
+    InternalFailure,
+    KeyStateRejected,
+    MissingParameter,
+    SignatureDoesNotMatch,
+    StateModifiedFailed,
+)
+
+XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
+
+
+@pytest.fixture(autouse=True)
+def request_context():
+    with flask.Flask("t").test_request_context() as context:
+        yield context
+
+
+def test_success_json_is_compact_with_request_id():
+    response = success({"KeyId": "k", "Count": 2}, "req-1", "DescribeKey")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json;charset=utf-8"
+    assert response.headers["Content-Type"] == JSON_TYPE
+    text = response.get_data(as_text=True)
+    assert text == '{"KeyId":"k","Count":2,"RequestId":"req-1"}'
+    assert json.loads(text) == {"KeyId": "k", "Count": 2, "RequestId": "req-1"}
+
+
+def test_success_json_nested_is_compact():
+    body = {"KeyMetadata": {"KeyId": "k", "Tags": [1, 2]}}
+    text = success(body, "r", "DescribeKey").get_data(as_text=True)
+    assert ": " not in text and ", " not in text
+    assert text == '{"KeyMetadata":{"KeyId":"k","Tags":[1,2]},"RequestId":"r"}'
+
+
+def test_success_json_keeps_utf8():
+    response = success({"Description": "杭州é"}, "r", "DescribeKey")
+    assert response.get_data() == '{"Description":"杭州é","RequestId":"r"}'.encode("utf-8")
+
+
+def test_success_does_not_mutate_body():
+    body = {"KeyId": "k"}
+    success(body, "r", "DescribeKey")
+    assert body == {"KeyId": "k"}
+
+
+def test_success_request_id_wins():
+    text = success({"RequestId": "spoofed"}, "real", "X").get_data(as_text=True)
+    assert json.loads(text) == {"RequestId": "real"}
+
+
+def test_xml_nested_doubled_list():
+    body = {"Keys": {"Key": [{"KeyId": "a"}, {"KeyId": "b"}]}}
+    response = success(body, "rid", "ListKeys", xml=True)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == XML_TYPE == "application/xml;charset=utf-8"
+    text = response.get_data(as_text=True)
+    assert text == (
+        XML_DECLARATION
+        + "<ListKeysResponse>"
+        + "<Keys><Key><KeyId>a</KeyId></Key><Key><KeyId>b</KeyId></Key></Keys>"
+        + "<RequestId>rid</RequestId>"
+        + "</ListKeysResponse>"
+    )
+    root = ET.fromstring(response.get_data())
+    assert root.tag == "ListKeysResponse"
+    assert [k.findtext("KeyId") for k in root.find("Keys").findall("Key")] == ["a", "b"]
+
+
+def test_xml_empty_list_renders_nothing():
+    text = success({"Keys": {"Key": []}, "TotalCount": 0}, "r", "ListKeys", xml=True).get_data(as_text=True)
+    assert "<Keys></Keys><TotalCount>0</TotalCount>" in text
+
+
+def test_xml_escaping():
+    text = success({"Description": "<a&b>"}, "r", "DescribeKey", xml=True).get_data(as_text=True)
+    assert "<Description>&lt;a&amp;b&gt;</Description>" in text
+    assert "<a&b>" not in text
+    root = ET.fromstring(text.encode("utf-8"))
+    assert root.findtext("Description") == "<a&b>"
+
+
+def test_xml_booleans_and_numbers():
+    body = {"AutomaticRotation": True, "Other": False, "TotalCount": 5}
+    text = success(body, "r", "DescribeKey", xml=True).get_data(as_text=True)
+    assert "<AutomaticRotation>true</AutomaticRotation>" in text
+    assert "<Other>false</Other>" in text
+    assert "<TotalCount>5</TotalCount>" in text
+
+
+def test_xml_utf8():
+    response = success({"Description": "杭州"}, "r", "DescribeKey", xml=True)
+    assert "<Description>杭州</Description>".encode("utf-8") in response.get_data()
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "code"),
+    [
+        (KeyStateRejected("Disabled"), 409, "Rejected.Disabled"),
+        (StateModifiedFailed(), 409, "Rejected.StateModifiedFailed"),
+        (MissingParameter("KeyId"), 400, "MissingParameter"),
+        (InternalFailure(), 500, "InternalFailure"),
+    ],
+)
+def test_error_body(err, status, code):
+    response = error(err, "req-9", "kms.example")
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == JSON_TYPE
+    body = json.loads(response.get_data(as_text=True))
+    assert list(body) == ["RequestId", "HostId", "Code", "Message"]
+    assert body == {"RequestId": "req-9", "HostId": "kms.example", "Code": code, "Message": err.message}
+
+
+def test_error_json_is_compact_and_keeps_colon_message():
+    err = SignatureDoesNotMatch("POST&%2F&a%3Db")
+    text = error(err, "r", "h").get_data(as_text=True)
+    assert ": " not in text.replace(err.message, "")
+    assert json.loads(text)["Message"].split(":", 1)[1] == "POST&%2F&a%3Db"
