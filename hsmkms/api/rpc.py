@@ -54,7 +54,7 @@ class RpcEndpoint:
         except KmsError as err:
             return render.error(err, request_id, host_id())
         except (HsmUnavailable, StoreError) as exc:
-            log.warning("request %s: %s: %s", request_id, type(exc).__name__, exc)
+            log.error("request %s: %s: %s", request_id, type(exc).__name__, exc)
             return render.error(ServiceUnavailable(), request_id, host_id())
         except Exception:
             log.exception("request %s failed", request_id)
