@@ -33,6 +33,8 @@ from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.service.access_keys import AccessKeyService
 from hsmkms.service.crypto import CryptoService
 from hsmkms.service.keys import Identity, KeyService
+from hsmkms.service.maintenance import Maintenance
+from hsmkms.service.tags import TagService
 from hsmkms.service.watch import StoreWatch
 from hsmkms.settings import Settings
 from hsmkms.store.nonces import NonceStore
@@ -70,21 +72,24 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None,
     services = Services(
         keys=keys,
         crypto=CryptoService(keys, hsm),
+        tags=TagService(keys),
         access_keys=AccessKeyService(store, hsm, watch, clock),
+        maintenance=Maintenance(keys),
         identity=identity,
     )
     nonces = NonceStore(settings.data_dir / "nonces.db")
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 
-def create_app(settings: Settings, *, runtime: Runtime | None = None,
-               clock: Callable[[], float] = time.time) -> Flask:
-    runtime = runtime or build_runtime(settings, clock=clock)
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Flask:
+    runtime = runtime or build_runtime(settings)
     app = Flask("hsmkms")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["hsmkms"] = runtime
 
-    authenticator = Authenticator(runtime.services.access_keys.credential, runtime.nonces, clock,
+    # Request freshness is judged by the wall clock; the runtime's clock (injectable for tests) drives
+    # the key lifecycle.
+    authenticator = Authenticator(runtime.services.access_keys.credential, runtime.nonces, time.time,
                                   settings.clock_skew_seconds)
     endpoint = RpcEndpoint(runtime.services, authenticator, runtime.watch)
     app.add_url_rule("/", "rpc", endpoint, methods=["GET", "POST"], provide_automatic_options=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -11,10 +13,11 @@ from pathlib import Path
 import click
 
 from hsmkms import provision
+from hsmkms.api.actions import iso_time, key_metadata
 from hsmkms.app import Runtime
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
-from hsmkms.service.keys import validate_alias_name
+from hsmkms.service.keys import parse_rotation_interval, validate_alias_name
 from hsmkms.settings import Settings, SettingsError, load
 from hsmkms.store.base import StoreError
 
@@ -112,27 +115,143 @@ Try it with the official Python SDK (pip install alibabacloud-kms20160120):
 """
 
 
+def with_runtime(command):
+    """Give a command ``--config`` and an initialised runtime as its first argument; errors become one line."""
+
+    @config_option
+    @functools.wraps(command)
+    def run(config_path: Path | None, **options):
+        with _runtime(_settings(config_path)) as runtime:
+            return command(runtime, **options)
+
+    return run
+
+
+def _echo_json(document) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
 @main.group()
 def key() -> None:
     """Customer master keys."""
 
 
 @key.command("create")
-@config_option
 @click.option("--alias", help="Alias to give the key, alias/...")
 @click.option("--description", default="", help="Description of the key.")
-def key_create(config_path: Path | None, alias: str | None, description: str) -> None:
-    """Create a symmetric key (AES-256, in the HSM)."""
-    with _runtime(_settings(config_path)) as runtime:
-        if alias is not None:
-            validate_alias_name(alias)
-        record = runtime.services.keys.create_key(
-            key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
-            protection_level="HSM", description=description,
-        )
-        if alias is not None:
-            runtime.services.keys.create_alias(alias, record.key_id)
+@click.option("--rotation-interval", help="Rotate automatically, e.g. 90d (7d-730d).")
+@with_runtime
+def key_create(runtime: Runtime, alias: str | None, description: str, rotation_interval: str | None) -> None:
+    """Create a symmetric key (AES-256, in the HSM); prints its id."""
+    keys = runtime.services.keys
+    if alias is not None:
+        validate_alias_name(alias)
+    record = keys.create_key(
+        key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS", protection_level="HSM",
+        description=description,
+        rotation_interval=None if rotation_interval is None else parse_rotation_interval(rotation_interval),
+    )
+    if alias is not None:
+        keys.create_alias(alias, record.key_id)
     click.echo(record.key_id)
+
+
+@key.command("list")
+@with_runtime
+def key_list(runtime: Runtime) -> None:
+    """One line per key: id, state, primary version, aliases, description."""
+    keys, aliases = runtime.services.keys, {}
+    for alias in runtime.store.list_aliases(0, 1_000_000)[0]:
+        aliases.setdefault(alias.key_id, []).append(alias.alias_name)
+    offset = 0
+    while True:
+        page, total = keys.list_keys(offset, 500)
+        for k in page:
+            click.echo(f"{k.key_id}  {k.state:<15}  {k.primary_version_id}  "
+                       f"{','.join(aliases.get(k.key_id, [])) or '-'}  {k.description}")
+        offset += len(page)
+        if not page or offset >= total:
+            break
+
+
+@key.command("describe")
+@click.argument("key_ref")
+@with_runtime
+def key_describe(runtime: Runtime, key_ref: str) -> None:
+    """KeyMetadata of a key (by id, alias or ARN), as DescribeKey returns it."""
+    _echo_json(key_metadata(runtime.services.keys.resolve(key_ref), runtime.services.identity))
+
+
+@key.command("enable")
+@click.argument("key_ref")
+@with_runtime
+def key_enable(runtime: Runtime, key_ref: str) -> None:
+    """Enable a disabled key."""
+    click.echo(runtime.services.keys.enable(key_ref).state)
+
+
+@key.command("disable")
+@click.argument("key_ref")
+@with_runtime
+def key_disable(runtime: Runtime, key_ref: str) -> None:
+    """Disable a key: it can no longer encrypt or decrypt until enabled again."""
+    click.echo(runtime.services.keys.disable(key_ref).state)
+
+
+@key.command("rotate")
+@click.argument("key_ref")
+@with_runtime
+def key_rotate(runtime: Runtime, key_ref: str) -> None:
+    """Create a new primary version; ciphertexts of every earlier version still decrypt."""
+    click.echo(runtime.services.keys.create_version(key_ref).version_id)
+
+
+@key.command("schedule-deletion")
+@click.argument("key_ref")
+@click.option("--days", type=click.IntRange(7, 366), required=True, help="Waiting period, 7-366 days.")
+@with_runtime
+def key_schedule_deletion(runtime: Runtime, key_ref: str, days: int) -> None:
+    """Schedule the destruction of a key after a waiting period (cancel with cancel-deletion)."""
+    record = runtime.services.keys.schedule_deletion(key_ref, days)
+    click.echo(f"{record.key_id} will be destroyed at {iso_time(record.delete_at)}")
+
+
+@key.command("cancel-deletion")
+@click.argument("key_ref")
+@with_runtime
+def key_cancel_deletion(runtime: Runtime, key_ref: str) -> None:
+    """Cancel a scheduled deletion; the key is enabled again."""
+    click.echo(runtime.services.keys.cancel_deletion(key_ref).state)
+
+
+@main.command("purge-due")
+@with_runtime
+def purge_due(runtime: Runtime) -> None:
+    """Destroy, in the HSM, every key whose deletion window has passed (never one whose window has not)."""
+    for key_id in runtime.services.maintenance.purge_due():
+        click.echo(f"destroyed {key_id}")
+
+
+@main.command("rotate-due")
+@with_runtime
+def rotate_due(runtime: Runtime) -> None:
+    """Rotate every key whose automatic rotation is due."""
+    for key_id in runtime.services.maintenance.rotate_due():
+        click.echo(f"rotated {key_id}")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Also fix what is safe to fix (never a live key's object).")
+@with_runtime
+def doctor(runtime: Runtime, repair: bool) -> None:
+    """Compare the token's objects with the metadata; exit 1 when they disagree."""
+    report = runtime.services.maintenance.doctor(repair=repair)
+    for line in report.lines():
+        click.echo(line)
+    if report.consistent:
+        click.echo("token and metadata are consistent")
+    elif not repair:
+        sys.exit(1)
 
 
 @main.group("access-key")
@@ -141,12 +260,11 @@ def access_key() -> None:
 
 
 @access_key.command("create")
-@config_option
 @click.option("--description", default="", help="What the access key is for.")
-def access_key_create(config_path: Path | None, description: str) -> None:
+@with_runtime
+def access_key_create(runtime: Runtime, description: str) -> None:
     """Create an access key; the secret is printed this once and stored only sealed by the HSM."""
-    with _runtime(_settings(config_path)) as runtime:
-        access_key_id, secret = runtime.services.access_keys.create(description)
+    access_key_id, secret = runtime.services.access_keys.create(description)
     click.echo(f"AccessKeyId: {access_key_id}\nAccessKeySecret: {secret}")
 
 

@@ -174,6 +174,12 @@ class StateModifiedFailed(KmsError):
     message = "Keystate modified failed."
 
 
+class DeletionProtected(KmsError):
+    # Not in Alibaba's tables (which only say such a key "cannot be deleted"): a Forbidden.* code in their style.
+    code, status = "Forbidden.DeletionProtection", 403
+    message = "The key has deletion protection enabled; disable it before scheduling the deletion."
+
+
 class UnsupportedOperation(KmsError):
     code, status = "Rejected.UnsupportedOperation", 400
     message = "Unsupported operation."

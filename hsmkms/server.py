@@ -12,6 +12,7 @@ import os
 from gunicorn.app.base import BaseApplication
 
 from hsmkms.app import build_runtime, create_app
+from hsmkms.scheduler import Scheduler
 from hsmkms.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,20 @@ class _GunicornApp(BaseApplication):
         return create_app(self._settings)
 
 
+def _start_scheduler(worker) -> None:
+    """gunicorn post_worker_init: each worker runs the maintenance scheduler after the fork."""
+    runtime = worker.wsgi.extensions["hsmkms"]
+    settings = runtime.settings
+    worker.hsmkms_scheduler = Scheduler(runtime.services.maintenance, settings.scheduler_interval_seconds)
+    worker.hsmkms_scheduler.start()
+
+
+def _stop_scheduler(worker) -> None:
+    scheduler = getattr(worker, "hsmkms_scheduler", None)
+    if scheduler is not None:
+        scheduler.stop()
+
+
 def serve(settings: Settings) -> None:
     preflight(settings)
     options = {
@@ -62,6 +77,8 @@ def serve(settings: Settings) -> None:
         "loglevel": settings.log_level.lower(),
         "proc_name": "hsmkms",
         "control_socket_disable": True,
+        "post_worker_init": _start_scheduler,
+        "worker_exit": lambda server, worker: _stop_scheduler(worker),
     }
     log.info("serving on http://%s with %d workers", settings.listen, options["workers"])
     _GunicornApp(settings, options).run()

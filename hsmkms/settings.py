@@ -46,6 +46,8 @@ class Settings:
     database: Path | None = None  # default: <data_dir>/hsmkms.db
     # [auth]
     clock_skew_seconds: int = 900
+    # [scheduler]
+    scheduler_interval_seconds: int = 60  # 0 disables the in-server scheduler
     # [log]
     log_level: str = "INFO"
     # where the settings came from, for messages
@@ -101,10 +103,11 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
+    ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
     ("log", "level"): "log_level",
 }
 _PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database"}
-_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds"}
+_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds", "scheduler_interval_seconds"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -178,6 +181,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("workers must be 0 (one per core) or more")
     if settings.max_body_bytes < 1:
         raise SettingsError("max_body_bytes must be positive")
+    if settings.scheduler_interval_seconds < 0:
+        raise SettingsError("scheduler interval_seconds must be 0 (off) or more")
     if settings.clock_skew_seconds < 1:
         raise SettingsError("clock_skew_seconds must be positive")
     if not settings.region or ":" in settings.region:

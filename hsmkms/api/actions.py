@@ -6,17 +6,20 @@ Wire shapes (KeyMetadata, double-wrapped lists, dates) are built here and nowher
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hsmkms.api.params import Params
-from hsmkms.errors import InvalidParameter
+from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
 from hsmkms.service.crypto import CryptoService, Sealed
-from hsmkms.service.keys import Identity, KeyService
+from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
+from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.states import KeyState
-from hsmkms.store.base import AliasRecord, KeyRecord
+from hsmkms.service.tags import TagService, parse_tag_keys_json, parse_tags_json, validate_tags
+from hsmkms.store.base import AliasRecord, KeyFilter, KeyRecord, VersionRecord
 
 MAX_ENCRYPT_PLAINTEXT_BYTES = 6 * 1024
 MAX_DESCRIPTION_CHARS = 8192
@@ -31,7 +34,9 @@ PROTECTION_LEVELS = {"SOFTWARE", "HSM"}
 class Services:
     keys: KeyService
     crypto: CryptoService
+    tags: TagService
     access_keys: AccessKeyService
+    maintenance: Maintenance
     identity: Identity
 
 
@@ -96,6 +101,10 @@ def key_metadata(key: KeyRecord, identity: Identity) -> dict:
     }
 
 
+def version_entry(version: VersionRecord) -> dict:
+    return {"KeyId": version.key_id, "KeyVersionId": version.version_id, "CreationDate": iso_time(version.created_at)}
+
+
 def alias_entry(alias: AliasRecord, identity: Identity) -> dict:
     return {"AliasName": alias.alias_name, "AliasArn": identity.alias_arn(alias.alias_name), "KeyId": alias.key_id}
 
@@ -150,12 +159,34 @@ def Decrypt(call: Call) -> dict:
     return {"KeyId": opened.key_id, "KeyVersionId": opened.key_version_id, "Plaintext": opened.plaintext}
 
 
+@action
+def ReEncrypt(call: Call) -> dict:
+    p = call.params
+    if p.optional("SourceEncryptionAlgorithm") or p.optional("SourceKeyVersionId"):
+        raise InvalidParameter("SourceEncryptionAlgorithm", "Only symmetric ciphertext can be re-encrypted here.")
+    sealed = call.services.crypto.re_encrypt(
+        p.required("CiphertextBlob"), p.context("SourceEncryptionContext"), p.required("DestinationKeyId"),
+        p.context("DestinationEncryptionContext"),
+    )
+    return sealed_fields(sealed)
+
+
 # --- keys ----------------------------------------------------------------------------------------------
+
+
+def key_id_param(p: Params) -> str:
+    return p.required("KeyId")
 
 
 @action
 def CreateKey(call: Call) -> dict:
     p = call.params
+    if p.optional("DKMSInstanceId"):
+        raise InvalidParameter("DKMSInstanceId", "KMS instances do not exist here; every key is an HSM key.")
+    if p.optional("Policy"):
+        raise InvalidParameter("Policy", "Key policies are not supported; access-key policies control access.")
+    rotating = p.boolean("EnableAutomaticRotation")
+    interval = parse_rotation_interval(p.required("RotationInterval")) if rotating else None
     key = call.services.keys.create_key(
         key_spec=p.choice("KeySpec", SYMMETRIC_KEY_SPECS, default="Aliyun_AES_256"),
         key_usage=p.choice("KeyUsage", KEY_USAGES, default="ENCRYPT/DECRYPT"),
@@ -164,23 +195,143 @@ def CreateKey(call: Call) -> dict:
         # tools (Terraform) see no drift.
         protection_level=p.choice("ProtectionLevel", PROTECTION_LEVELS, default="HSM"),
         description=p.text("Description", MAX_DESCRIPTION_CHARS),
+        rotation_interval=interval,
+        tags=parse_tags_json(p.optional("Tags", "[]")),
     )
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
 
 
 @action
 def DescribeKey(call: Call) -> dict:
-    key = call.services.keys.usable(call.params.required("KeyId"), "DescribeKey")
+    key = call.services.keys.usable(key_id_param(call.params), "DescribeKey")
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
+
+
+FILTER_FIELDS = {
+    "KeyState": "states", "KeySpec": "key_specs", "KeyUsage": "key_usages", "ProtectionLevel": "protection_levels",
+    "Creator": "creators", "AliasName": "alias_names", "TagKey": "tag_keys", "TagValue": "tag_values",
+    "keyId": "key_ids", "KeyId": "key_ids", "CreatorType": None, "DKMSInstanceId": None,
+}
+MAX_FILTERS = 10
+
+
+def key_filter(text: str | None) -> KeyFilter | None:
+    """ListKeys ``Filters``: ``[{"Key":"KeyState","Values":["Enabled"]}, ...]``; repeated Keys merge."""
+    if not text:
+        return None
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, list) or len(document) > MAX_FILTERS or not all(
+        isinstance(f, dict) and set(f) == {"Key", "Values"} and f["Key"] in FILTER_FIELDS
+        and isinstance(f["Values"], list) and f["Values"] and all(isinstance(v, str) for v in f["Values"])
+        for f in document
+    ):
+        raise InvalidParameter("Filters", f'Up to {MAX_FILTERS} of {{"Key":K,"Values":[...]}} with K one of '
+                                          f"{', '.join(sorted(FILTER_FIELDS))}.")
+    wanted: dict[str, set[str]] = {}
+    match_nothing = False
+    for entry in document:
+        field_name = FILTER_FIELDS[entry["Key"]]
+        if field_name is None:
+            # Every key here is a user key outside any KMS instance.
+            ok = {"CreatorType": {"User"}, "DKMSInstanceId": {""}}[entry["Key"]]
+            match_nothing |= not (ok & set(entry["Values"]))
+        else:
+            wanted.setdefault(field_name, set()).update(entry["Values"])
+    return KeyFilter(match_nothing=match_nothing, **{k: frozenset(v) for k, v in wanted.items()})
 
 
 @action
 def ListKeys(call: Call) -> dict:
-    page = call.params.page()
-    keys, total = call.services.keys.list_keys((page[0] - 1) * page[1], page[1])
+    p = call.params
+    where = key_filter(p.optional("Filters"))
+    page = p.page()
+    keys, total = call.services.keys.list_keys((page[0] - 1) * page[1], page[1], where)
     identity = call.services.identity
     entries = [{"KeyId": k.key_id, "KeyArn": identity.key_arn(k.key_id)} for k in keys]
     return paged("Keys", "Key", entries, total, page)
+
+
+@action
+def EnableKey(call: Call) -> dict:
+    call.services.keys.enable(key_id_param(call.params))
+    return {}
+
+
+@action
+def DisableKey(call: Call) -> dict:
+    call.services.keys.disable(key_id_param(call.params))
+    return {}
+
+
+@action
+def UpdateKeyDescription(call: Call) -> dict:
+    p = call.params
+    description = p.text("Description", MAX_DESCRIPTION_CHARS, required=True)
+    call.services.keys.update_description(key_id_param(p), description)
+    return {}
+
+
+@action
+def SetDeletionProtection(call: Call) -> dict:
+    p = call.params
+    enabled = p.boolean("EnableDeletionProtection", required=True)
+    key_ref = p.optional("KeyId") or p.optional("ProtectedResourceArn")
+    if key_ref is None:
+        raise MissingParameter("ProtectedResourceArn")
+    description = p.text("DeletionProtectionDescription", MAX_DESCRIPTION_CHARS)
+    call.services.keys.set_deletion_protection(key_ref, enabled, description)
+    return {}
+
+
+@action
+def ScheduleKeyDeletion(call: Call) -> dict:
+    p = call.params
+    days = p.integer("PendingWindowInDays", 7, 366, required=True)
+    call.services.keys.schedule_deletion(key_id_param(p), days)
+    return {}
+
+
+@action
+def CancelKeyDeletion(call: Call) -> dict:
+    call.services.keys.cancel_deletion(key_id_param(call.params))
+    return {}
+
+
+@action
+def UpdateRotationPolicy(call: Call) -> dict:
+    p = call.params
+    enabled = p.boolean("EnableAutomaticRotation", required=True)
+    interval = p.optional("RotationInterval")
+    seconds = parse_rotation_interval(interval) if enabled and interval is not None else None
+    call.services.keys.update_rotation_policy(key_id_param(p), enabled, seconds)
+    return {}
+
+
+# --- versions ------------------------------------------------------------------------------------------
+
+
+@action
+def CreateKeyVersion(call: Call) -> dict:
+    version = call.services.keys.create_version(key_id_param(call.params))
+    return {"KeyVersion": version_entry(version)}
+
+
+@action
+def DescribeKeyVersion(call: Call) -> dict:
+    p = call.params
+    version = call.services.keys.describe_version(key_id_param(p), p.required("KeyVersionId"))
+    return {"KeyVersion": version_entry(version)}
+
+
+@action
+def ListKeyVersions(call: Call) -> dict:
+    p = call.params
+    page = p.page(max_size=101)
+    versions, total = call.services.keys.list_versions(key_id_param(p), (page[0] - 1) * page[1], page[1])
+    return paged("KeyVersions", "KeyVersion", [version_entry(v) for v in versions], total, page)
 
 
 # --- aliases -------------------------------------------------------------------------------------------
@@ -189,7 +340,14 @@ def ListKeys(call: Call) -> dict:
 @action
 def CreateAlias(call: Call) -> dict:
     p = call.params
-    call.services.keys.create_alias(p.required("AliasName"), p.required("KeyId"))
+    call.services.keys.create_alias(p.required("AliasName"), key_id_param(p))
+    return {}
+
+
+@action
+def UpdateAlias(call: Call) -> dict:
+    p = call.params
+    call.services.keys.update_alias(p.required("AliasName"), key_id_param(p))
     return {}
 
 
@@ -203,5 +361,96 @@ def DeleteAlias(call: Call) -> dict:
 def ListAliases(call: Call) -> dict:
     page = call.params.page()
     aliases, total = call.services.keys.list_aliases((page[0] - 1) * page[1], page[1])
-    entries = [alias_entry(a, call.services.identity) for a in aliases]
-    return paged("Aliases", "Alias", entries, total, page)
+    return paged("Aliases", "Alias", [alias_entry(a, call.services.identity) for a in aliases], total, page)
+
+
+@action
+def ListAliasesByKeyId(call: Call) -> dict:
+    p = call.params
+    page = p.page(max_size=101)
+    aliases, total = call.services.keys.list_aliases((page[0] - 1) * page[1], page[1], key_id_param(p))
+    return paged("Aliases", "Alias", [alias_entry(a, call.services.identity) for a in aliases], total, page)
+
+
+# --- tags ----------------------------------------------------------------------------------------------
+
+TAG_RESOURCE_TYPES = {"key"}
+TAG_PAGE_SIZE = 50
+
+
+def only_keys(p: Params) -> str:
+    """The single-resource tag calls name a key, a secret or a certificate; only keys exist here."""
+    for other in ("SecretName", "CertificateId"):
+        if p.optional(other):
+            raise InvalidParameter(other, "Only keys can be tagged here.")
+    return key_id_param(p)
+
+
+@action
+def TagResource(call: Call) -> dict:
+    p = call.params
+    call.services.tags.tag(only_keys(p), parse_tags_json(p.required("Tags")))
+    return {}
+
+
+@action
+def UntagResource(call: Call) -> dict:
+    p = call.params
+    call.services.tags.untag(only_keys(p), parse_tag_keys_json(p.required("TagKeys")))
+    return {}
+
+
+@action
+def ListResourceTags(call: Call) -> dict:
+    tags = call.services.tags.tags_of(key_id_param(call.params))
+    return {"Tags": {"Tag": [{"KeyId": t.key_id, "TagKey": t.tag_key, "TagValue": t.tag_value} for t in tags]}}
+
+
+def tag_resources_scope(call: Call) -> Params:
+    """RegionId and ResourceType of the multi-resource tag calls: this region, keys only."""
+    p = call.params
+    if p.required("RegionId") != call.services.identity.region:
+        raise InvalidParameter("RegionId", f"This service is region {call.services.identity.region}.")
+    p.required("ResourceType")
+    p.choice("ResourceType", TAG_RESOURCE_TYPES)
+    return p
+
+
+@action
+def TagResources(call: Call) -> dict:
+    p = tag_resources_scope(call)
+    resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
+    pairs = p.indexed_pairs("Tag", "Key", "Value") or [(p.required("Tag.1.Key"), None)]
+    tags = validate_tags([(k, v or "") for k, v in pairs], "Tag")
+    for resource in resources:
+        call.services.tags.tag(resource, tags, action="TagResources")
+    return {}
+
+
+@action
+def UntagResources(call: Call) -> dict:
+    p = tag_resources_scope(call)
+    resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
+    remove_all = p.boolean("All")
+    tag_keys = None if remove_all else (p.indexed("TagKey") or [p.required("TagKey.1")])
+    for resource in resources:
+        call.services.tags.untag(resource, tag_keys, action="UntagResources")
+    return {}
+
+
+@action
+def ListTagResources(call: Call) -> dict:
+    p = tag_resources_scope(call)
+    resources = p.indexed("ResourceId")
+    wanted = p.indexed_pairs("Tag", "Key", "Value")
+    start = p.integer("NextToken", 0, 10**9, default=0)
+    found = call.services.tags.find(resources, wanted)
+    page = found[start:start + TAG_PAGE_SIZE]
+    more = start + TAG_PAGE_SIZE < len(found)
+    return {
+        "TagResources": {"TagResource": [
+            {"ResourceId": t.key_id, "ResourceType": "key", "TagKey": t.tag_key, "TagValue": t.tag_value}
+            for t in page
+        ]},
+        "NextToken": str(start + TAG_PAGE_SIZE) if more else "",
+    }

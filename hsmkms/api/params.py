@@ -63,16 +63,17 @@ class Params:
             raise InvalidParameter(name, f"It must not exceed {max_chars} characters.")
         return value
 
-    def integer(self, name: str, low: int, high: int, default: int | None = None) -> int | None:
-        value = self.optional(name)
+    def integer(self, name: str, low: int, high: int, default: int | None = None,
+                required: bool = False) -> int | None:
+        value = self.required(name) if required else self.optional(name)
         if value is None:
             return default
         if not _INTEGER.match(value) or not low <= int(value) <= high:
             raise InvalidParameter(name, f"It must be an integer from {low} to {high}.")
         return int(value)
 
-    def boolean(self, name: str, default: bool = False) -> bool:
-        value = self.optional(name)
+    def boolean(self, name: str, default: bool = False, required: bool = False) -> bool:
+        value = self.required(name) if required else self.optional(name)
         if value is None:
             return default
         try:
@@ -95,6 +96,32 @@ class Params:
                 raise InvalidParameter(name, "Give the context either as JSON or flattened, not both.")
             return validate_context(flattened, name)
         return parse_context(self.values.get(name), name)
+
+    def indexed(self, name: str, max_items: int = 50) -> list[str]:
+        """A list flattened as ``<name>.1``, ``<name>.2`` ... (the Tea SDKs' list encoding), in index order."""
+        return [value for _, value in self._numbered(name, "", max_items)]
+
+    def indexed_pairs(self, name: str, first: str, second: str, max_items: int = 50) -> list[tuple[str, str | None]]:
+        """``<name>.N.<first>`` with its optional ``<name>.N.<second>``, e.g. Tag.1.Key / Tag.1.Value."""
+        pairs = []
+        for index, value in self._numbered(name, "." + first, max_items):
+            pairs.append((value, self.values.get(f"{name}.{index}.{second}")))
+        orphans = [k for k in self.values if k.startswith(name + ".") and k.endswith("." + second)
+                   and f"{k[:-len(second)]}{first}" not in self.values]
+        if orphans:
+            raise InvalidParameter(orphans[0], f"It has no matching {first}.")
+        return pairs
+
+    def _numbered(self, name: str, suffix: str, max_items: int) -> list[tuple[int, str]]:
+        found = []
+        for key, value in self.values.items():
+            if not (key.startswith(name + ".") and key.endswith(suffix)):
+                continue
+            index = key[len(name) + 1: len(key) - len(suffix)]
+            if not (index.isascii() and index.isdigit() and 1 <= int(index) <= max_items):
+                raise InvalidParameter(key, f"Indexes run from 1 to {max_items}.")
+            found.append((int(index), value))
+        return sorted(found)
 
     def page(self, default_size: int = 10, max_size: int = 100) -> tuple[int, int]:
         """(PageNumber, PageSize), both validated."""

@@ -75,6 +75,16 @@ class CryptoService:
             raise InvalidCiphertext() from None
         return Opened(key.key_id, version.version_id, text)
 
+    def re_encrypt(self, ciphertext_blob: str, source_context: Mapping[str, str], destination_ref: str,
+                   destination_context: Mapping[str, str]) -> Sealed:
+        """Open under the source key and context, seal under the destination's: the plaintext is never returned
+        and exists here only between the two HSM calls."""
+        destination = self.keys.usable(destination_ref, "ReEncrypt")
+        opened = self.decrypt(ciphertext_blob, source_context, action="ReEncrypt")
+        iv = self.hsm.random(blob.IV_LEN)
+        return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,
+                          destination_context)
+
     def _seal(self, key_id: str, version_id: str, iv: bytes, plaintext: str,
               context: Mapping[str, str]) -> Sealed:
         sealed = self.hsm.gcm_encrypt(version_id, iv, plaintext.encode("utf-8"), canonical_aad(context))

@@ -1,30 +1,54 @@
-"""Customer master keys: creation in the HSM, lookup by id, alias or ARN, the state gate, aliases."""
+"""Customer master keys: creation in the HSM, lookup by id, alias or ARN, the key-state gate, the lifecycle
+(enable, disable, scheduled deletion, protection), versions and rotation policy, and aliases.
+
+Every HSM object is journalled before it is made (``store.begin_object``) and the journal entry is removed in
+the same transaction that records the version, so a crash at any point leaves either a complete key or an
+entry that recovery rolls back (``service/maintenance.py``).
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hsmkms.errors import (
     AliasAlreadyExists,
     AliasNotFound,
+    DeletionProtected,
     InvalidParameter,
     KeyNotFound,
+    KeyVersionNotFound,
+    MissingParameter,
+    StateModifiedFailed,
 )
 from hsmkms.hsm.backend import HsmBackend
 from hsmkms.service import states
 from hsmkms.service.states import KeyState
 from hsmkms.service.watch import Cache, StoreWatch
-from hsmkms.store.base import AliasRecord, AlreadyExists, KeyRecord, Store, VersionRecord
+from hsmkms.store.base import (
+    AliasRecord,
+    AlreadyExists,
+    KeyFilter,
+    KeyRecord,
+    PendingObject,
+    Store,
+    TagRecord,
+    VersionRecord,
+)
 
 log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "alias/"
+DAY = 86400
+ROTATION_MIN_DAYS, ROTATION_MAX_DAYS = 7, 730
+DELETION_MIN_DAYS, DELETION_MAX_DAYS = 7, 366
 _ALIAS_NAME = re.compile(r"alias/[A-Za-z0-9_/-]{1,255}\Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+_INTERVAL = re.compile(r"([0-9]{1,12})([dhms])\Z")
+_UNIT_SECONDS = {"d": DAY, "h": 3600, "m": 60, "s": 1}
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,16 @@ def validate_alias_name(name: str, param: str = "AliasName") -> str:
     return name
 
 
+def parse_rotation_interval(text: str, param: str = "RotationInterval") -> int:
+    """``<int><d|h|m|s>`` (``7d`` = ``604800s``) as seconds, between 7 and 730 days."""
+    match = _INTERVAL.match(text)
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else -1
+    if not ROTATION_MIN_DAYS * DAY <= seconds <= ROTATION_MAX_DAYS * DAY:
+        raise InvalidParameter(param, f"Use <number><d|h|m|s> between {ROTATION_MIN_DAYS} and "
+                                      f"{ROTATION_MAX_DAYS} days, e.g. 30d.")
+    return seconds
+
+
 class KeyService:
     def __init__(self, store: Store, hsm: HsmBackend, identity: Identity, watch: StoreWatch,
                  clock: Callable[[], float]):
@@ -66,15 +100,17 @@ class KeyService:
         self._aliases: Cache[str, str] = Cache(watch)
         self._versions: Cache[str, VersionRecord] = Cache(watch)
 
+    def now(self) -> int:
+        return int(self.clock())
+
     # --- creation ----------------------------------------------------------------------------------------
 
     def create_key(self, *, key_spec: str, key_usage: str, origin: str, protection_level: str,
-                   description: str) -> KeyRecord:
-        key_id, version_id = str(uuid.uuid4()), str(uuid.uuid4())
-        now = int(self.clock())
-        # HSM object first: a crash before the metadata commit leaves an unreferenced object (which
-        # `hsmkms doctor` reports), never metadata naming a key the HSM does not hold.
-        self.hsm.create_aes_key(version_id, hsm_label(key_id, version_id))
+                   description: str, rotation_interval: int | None = None,
+                   tags: Iterable[tuple[str, str]] = ()) -> KeyRecord:
+        key_id = str(uuid.uuid4())
+        version_id = self._create_object(key_id)
+        now = self.now()
         record = KeyRecord(
             key_id=key_id,
             state=KeyState.ENABLED,
@@ -86,22 +122,36 @@ class KeyService:
             creator=self.identity.account_id,
             created_at=now,
             primary_version_id=version_id,
+            rotation_interval=rotation_interval,
             last_rotation_at=now,
         )
         try:
-            self.store.create_key(record, VersionRecord(version_id, key_id, now))
+            self.store.create_key(record, VersionRecord(version_id, key_id, now),
+                                  [TagRecord(key_id, k, v) for k, v in tags])
         except BaseException:
-            self._destroy_quietly(version_id)
+            self._abandon_object(version_id)
             raise
         log.info("created key %s (version %s)", key_id, version_id)
         return record
 
-    def _destroy_quietly(self, version_id: str) -> None:
+    def _create_object(self, key_id: str) -> str:
+        """Journal, then generate, a new version object in the HSM; returns its (version) id."""
+        version_id = str(uuid.uuid4())
+        self.store.begin_object(PendingObject(version_id, key_id, "create", self.now()))
+        try:
+            self.hsm.create_aes_key(version_id, hsm_label(key_id, version_id))
+        except BaseException:
+            self._abandon_object(version_id)
+            raise
+        return version_id
+
+    def _abandon_object(self, version_id: str) -> None:
+        """Undo a version object that will not be recorded; what fails here is left to recovery."""
         try:
             self.hsm.destroy_key(version_id)
+            self.store.finish_object(version_id)
         except Exception:
-            log.exception("could not remove HSM object %s after a failed create; doctor will report it",
-                          version_id)
+            log.exception("could not undo HSM object %s; recovery will remove it", version_id)
 
     # --- lookup ------------------------------------------------------------------------------------------
 
@@ -157,8 +207,92 @@ class KeyService:
             return ALIAS_PREFIX + name
         raise KeyNotFound()
 
-    def list_keys(self, offset: int, limit: int) -> tuple[list[KeyRecord], int]:
-        return self.store.list_keys(offset, limit)
+    def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
+        return self.store.list_keys(offset, limit, where)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def _change(self, key_ref: str, action: str, changes: dict) -> KeyRecord:
+        """Apply ``changes`` after the state gate, atomically against a concurrent state change."""
+        key = self.usable(key_ref, action)
+        if not self.store.update_key(key.key_id, changes, expected_state=key.state):
+            raise StateModifiedFailed()
+        self.watch.invalidate()
+        return self._key(key.key_id)
+
+    def enable(self, key_ref: str) -> KeyRecord:
+        return self._change(key_ref, "EnableKey", {"state": KeyState.ENABLED})
+
+    def disable(self, key_ref: str) -> KeyRecord:
+        return self._change(key_ref, "DisableKey", {"state": KeyState.DISABLED})
+
+    def update_description(self, key_ref: str, description: str) -> KeyRecord:
+        return self._change(key_ref, "UpdateKeyDescription", {"description": description})
+
+    def set_deletion_protection(self, key_ref: str, enabled: bool, description: str) -> KeyRecord:
+        return self._change(key_ref, "SetDeletionProtection", {
+            "deletion_protection": enabled,
+            "deletion_protection_description": description if enabled else "",
+        })
+
+    def schedule_deletion(self, key_ref: str, days: int) -> KeyRecord:
+        if not DELETION_MIN_DAYS <= days <= DELETION_MAX_DAYS:
+            raise InvalidParameter("PendingWindowInDays",
+                                   f"It must be from {DELETION_MIN_DAYS} to {DELETION_MAX_DAYS}.")
+        key = self.usable(key_ref, "ScheduleKeyDeletion")
+        if key.deletion_protection:
+            raise DeletionProtected()
+        return self._change(key.key_id, "ScheduleKeyDeletion",
+                            {"state": KeyState.PENDING_DELETION, "delete_at": self.now() + days * DAY})
+
+    def cancel_deletion(self, key_ref: str) -> KeyRecord:
+        return self._change(key_ref, "CancelKeyDeletion", {"state": KeyState.ENABLED, "delete_at": None})
+
+    def update_rotation_policy(self, key_ref: str, enabled: bool, interval: int | None) -> KeyRecord:
+        if enabled and interval is None:
+            raise MissingParameter("RotationInterval")
+        return self._change(key_ref, "UpdateRotationPolicy", {"rotation_interval": interval if enabled else None})
+
+    # --- versions ----------------------------------------------------------------------------------------
+
+    def create_version(self, key_ref: str, attempts: int = 3) -> VersionRecord:
+        key = self.usable(key_ref, "CreateKeyVersion")
+        for _ in range(attempts):
+            version = self.rotate(key)
+            if version is not None:
+                return version
+            key = self.usable(key.key_id, "CreateKeyVersion")  # changed meanwhile: look again
+        raise StateModifiedFailed()
+
+    def rotate(self, key: KeyRecord) -> VersionRecord | None:
+        """A new primary version for ``key``; None when the key changed since it was read (nothing made)."""
+        version_id = self._create_object(key.key_id)
+        version = VersionRecord(version_id, key.key_id, self.now())
+        try:
+            added = self.store.add_version(version, expected_last_rotation=key.last_rotation_at)
+        except BaseException:
+            self._abandon_object(version_id)
+            raise
+        if not added:
+            self._abandon_object(version_id)
+            return None
+        self.watch.invalidate()
+        log.info("key %s has a new primary version %s", key.key_id, version_id)
+        return version
+
+    def describe_version(self, key_ref: str, version_id: str) -> VersionRecord:
+        key = self.usable(key_ref, "DescribeKeyVersion")
+        try:
+            version = self.version(version_id)
+        except KeyNotFound:
+            raise KeyVersionNotFound() from None
+        if version.key_id != key.key_id:
+            raise KeyVersionNotFound()
+        return version
+
+    def list_versions(self, key_ref: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
+        key = self.usable(key_ref, "ListKeyVersions")
+        return self.store.list_versions(key.key_id, offset, limit)
 
     # --- aliases -----------------------------------------------------------------------------------------
 
@@ -166,9 +300,17 @@ class KeyService:
         validate_alias_name(alias_name)
         key = self.usable(key_ref, "CreateAlias")
         try:
-            self.store.create_alias(AliasRecord(alias_name, key.key_id, int(self.clock())))
+            self.store.create_alias(AliasRecord(alias_name, key.key_id, self.now()))
         except AlreadyExists:
             raise AliasAlreadyExists() from None
+        self.watch.invalidate()
+        return key
+
+    def update_alias(self, alias_name: str, key_ref: str) -> KeyRecord:
+        validate_alias_name(alias_name)
+        key = self.usable(key_ref, "UpdateAlias")  # only the target key's state matters
+        if not self.store.update_alias(alias_name, key.key_id):
+            raise AliasNotFound()
         self.watch.invalidate()
         return key
 
@@ -177,5 +319,6 @@ class KeyService:
             raise AliasNotFound()
         self.watch.invalidate()
 
-    def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]:
+    def list_aliases(self, offset: int, limit: int, key_ref: str | None = None) -> tuple[list[AliasRecord], int]:
+        key_id = None if key_ref is None else self.usable(key_ref, "ListAliasesByKeyId").key_id
         return self.store.list_aliases(offset, limit, key_id)

@@ -49,7 +49,7 @@ def _pending_deletion_only(state: KeyState) -> KmsError | None:
 RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ["DescribeKey", "DeleteAlias", "ListAliasesByKeyId", "ListResourceTags", "DescribeKeyVersion",
-         "ListKeyVersions", "SetDeletionProtection"],
+         "ListKeyVersions"],
         _any_state,
     ),
     **dict.fromkeys(
@@ -59,7 +59,7 @@ RULES: dict[str, Rule] = {
     ),
     **dict.fromkeys(
         ["UpdateKeyDescription", "TagResource", "UntagResource", "TagResources", "UntagResources",
-         "UpdateAlias"],
+         "UpdateAlias", "SetDeletionProtection"],
         _not_pending_deletion,
     ),
     **dict.fromkeys(["EnableKey", "DisableKey"], _enabled_or_disabled),

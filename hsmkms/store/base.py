@@ -34,7 +34,8 @@ class KeyRecord:
     deletion_protection: bool = False
     deletion_protection_description: str = ""
     rotation_interval: int | None = None  # seconds; None when automatic rotation is off
-    last_rotation_at: int | None = None
+    last_rotation_at: int | None = None  # creation time of the newest version
+    destroyed_at: int | None = None  # set when the window passed and the HSM objects were destroyed
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,42 @@ class AliasRecord:
     alias_name: str
     key_id: str
     created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagRecord:
+    key_id: str
+    tag_key: str
+    tag_value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingObject:
+    """An HSM object being created or destroyed: written before the HSM call, removed after the commit.
+
+    It lets recovery tell an interrupted operation from a stray object (see ``service/maintenance.py``).
+    """
+
+    object_id: str
+    key_id: str
+    purpose: str  # "create" | "destroy"
+    created_at: int
+
+
+@dataclass(frozen=True)
+class KeyFilter:
+    """ListKeys ``Filters``: values of one field are OR-ed, fields are AND-ed; None = no condition."""
+
+    key_ids: frozenset[str] | None = None
+    states: frozenset[str] | None = None
+    key_specs: frozenset[str] | None = None
+    key_usages: frozenset[str] | None = None
+    protection_levels: frozenset[str] | None = None
+    creators: frozenset[str] | None = None
+    alias_names: frozenset[str] | None = None
+    tag_keys: frozenset[str] | None = None
+    tag_values: frozenset[str] | None = None
+    match_nothing: bool = False  # a condition no key can meet (CreatorType=Service, a DKMS instance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +106,52 @@ class Store(Protocol):
     def data_version(self) -> int:
         """Changes whenever another connection (thread or process) committed; cheap enough per request."""
 
-    # keys
-    def create_key(self, key: KeyRecord, version: VersionRecord) -> None: ...
+    # keys and versions (destroyed keys and their versions are invisible to get_* and list_*)
+    def begin_object(self, pending: PendingObject) -> None: ...
+
+    def finish_object(self, object_id: str) -> None: ...
+
+    def pending_objects(self) -> list[PendingObject]: ...
+
+    def create_key(self, key: KeyRecord, version: VersionRecord, tags: list[TagRecord]) -> None: ...
+
+    def add_version(self, version: VersionRecord, expected_last_rotation: int | None) -> bool:
+        """Make ``version`` the primary one when the key is still Enabled and its last rotation unchanged."""
+
+    def update_key(self, key_id: str, changes: dict, expected_state: str) -> bool:
+        """Apply ``changes`` when the key still is in ``expected_state``; False otherwise."""
+
+    def destroy_key(self, key_id: str, now: int) -> list[str]:
+        """Mark a due PendingDeletion key destroyed, drop its aliases and tags, and record every version
+        object as pending destruction; returns those object ids ([] when the key was not due)."""
 
     def get_key(self, key_id: str) -> KeyRecord | None: ...
 
     def get_version(self, version_id: str) -> VersionRecord | None: ...
 
-    def list_keys(self, offset: int, limit: int) -> tuple[list[KeyRecord], int]: ...
+    def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]: ...
+
+    def list_versions(self, key_id: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]: ...
+
+    def all_versions(self) -> dict[str, bool]:
+        """Every version id ever made -> whether its key is live (for doctor)."""
+
+    def keys_due_for_deletion(self, now: int) -> list[str]: ...
+
+    def keys_due_for_rotation(self, now: int) -> list[KeyRecord]: ...
+
+    # tags
+    def set_tags(self, tags: list[TagRecord]) -> None: ...
+
+    def remove_tags(self, key_id: str, tag_keys: list[str] | None) -> None:
+        """Remove the named tags (all of them for None)."""
+
+    def list_tags(self, key_ids: list[str] | None = None) -> list[TagRecord]: ...
 
     # aliases
     def create_alias(self, alias: AliasRecord) -> None: ...
+
+    def update_alias(self, alias_name: str, key_id: str) -> bool: ...
 
     def get_alias(self, alias_name: str) -> AliasRecord | None: ...
 
@@ -93,3 +165,7 @@ class Store(Protocol):
     def get_access_key(self, access_key_id: str) -> AccessKeyRecord | None: ...
 
     def list_access_keys(self) -> list[AccessKeyRecord]: ...
+
+    def set_access_key_state(self, access_key_id: str, state: str) -> bool: ...
+
+    def delete_access_key(self, access_key_id: str) -> bool: ...

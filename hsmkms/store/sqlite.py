@@ -19,8 +19,11 @@ from hsmkms.store.base import (
     AccessKeyRecord,
     AliasRecord,
     AlreadyExists,
+    KeyFilter,
     KeyRecord,
+    PendingObject,
     StoreError,
+    TagRecord,
     VersionRecord,
 )
 
@@ -67,11 +70,58 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     );
     """,
+    # 2: key lifecycle -- destruction, tags, and the pending-object journal for crash consistency
+    """
+    ALTER TABLE keys ADD COLUMN destroyed_at INTEGER;
+    CREATE INDEX keys_by_state ON keys(state, destroyed_at);
+    CREATE TABLE tags (
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        tag_key TEXT NOT NULL,
+        tag_value TEXT NOT NULL,
+        PRIMARY KEY (key_id, tag_key)
+    );
+    CREATE INDEX tags_by_value ON tags(tag_key, tag_value);
+    CREATE TABLE pending_objects (
+        object_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    """,
 ]
 
-_KEY_COLUMNS = ", ".join(f.name for f in fields(KeyRecord))
+_LIVE = "destroyed_at IS NULL"
+
+_KEY_FIELDS = [f.name for f in fields(KeyRecord)]
+_KEY_COLUMNS = ", ".join(_KEY_FIELDS)
 _KEY_PLACEHOLDERS = ", ".join("?" for _ in fields(KeyRecord))
 _KEY_BOOLEANS = [i for i, f in enumerate(fields(KeyRecord)) if f.type == "bool"]
+
+
+def _key_filter_sql(where: KeyFilter) -> tuple[str, tuple]:
+    """The WHERE clause (and its arguments) for live keys matching a ListKeys filter."""
+    if where.match_nothing:
+        return "0", ()
+    clauses, args = [_LIVE], []
+
+    def among(expression: str, values: frozenset[str] | None) -> None:
+        if values is not None:
+            clauses.append(f"{expression} IN ({', '.join('?' for _ in values)})")
+            args.extend(sorted(values))
+
+    among("key_id", where.key_ids)
+    among("state", where.states)
+    among("key_spec", where.key_specs)
+    among("key_usage", where.key_usages)
+    among("protection_level", where.protection_levels)
+    among("creator", where.creators)
+    for table, column, values in [("aliases", "alias_name", where.alias_names), ("tags", "tag_key", where.tag_keys),
+                                  ("tags", "tag_value", where.tag_values)]:
+        if values is not None:
+            marks = ", ".join("?" for _ in values)
+            clauses.append(f"EXISTS (SELECT 1 FROM {table} t WHERE t.key_id = keys.key_id AND t.{column} IN ({marks}))")
+            args.extend(sorted(values))
+    return " AND ".join(clauses), tuple(args)
 
 
 def _key(row) -> KeyRecord:
@@ -177,33 +227,148 @@ class SqliteStore:
             with self._errors():
                 return self._watcher.execute("PRAGMA data_version").fetchone()[0]
 
-    # --- keys --------------------------------------------------------------------------------------------
+    # --- keys and versions ------------------------------------------------------------------------------
 
-    def create_key(self, key: KeyRecord, version: VersionRecord) -> None:
+    def begin_object(self, pending: PendingObject) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO pending_objects VALUES (?, ?, ?, ?)", astuple(pending))
+
+    def finish_object(self, object_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (object_id,))
+
+    def pending_objects(self) -> list[PendingObject]:
+        return [PendingObject(*row) for row in self._read("SELECT * FROM pending_objects ORDER BY created_at")]
+
+    def create_key(self, key: KeyRecord, version: VersionRecord, tags: list[TagRecord]) -> None:
         with self._transaction() as conn:
             conn.execute(f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS})", astuple(key))
             conn.execute("INSERT INTO key_versions VALUES (?, ?, ?)", astuple(version))
+            conn.executemany("INSERT INTO tags VALUES (?, ?, ?)", [astuple(t) for t in tags])
+            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version.version_id,))
+
+    def add_version(self, version: VersionRecord, expected_last_rotation: int | None) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE keys SET primary_version_id = ?, last_rotation_at = ? WHERE key_id = ? AND {_LIVE}"
+                " AND state = 'Enabled' AND last_rotation_at IS ?",
+                (version.version_id, version.created_at, version.key_id, expected_last_rotation),
+            ).rowcount
+            if updated:
+                conn.execute("INSERT INTO key_versions VALUES (?, ?, ?)", astuple(version))
+                conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version.version_id,))
+            return bool(updated)
+
+    def update_key(self, key_id: str, changes: dict, expected_state: str) -> bool:
+        names = [name for name in changes if name in _KEY_FIELDS and name not in ("key_id", "destroyed_at")]
+        if len(names) != len(changes):
+            raise ValueError(f"not updatable: {sorted(set(changes) - set(names))}")
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        with self._transaction() as conn:
+            return conn.execute(
+                f"UPDATE keys SET {assignments} WHERE key_id = ? AND state = ? AND {_LIVE}",
+                (*changes.values(), key_id, expected_state),
+            ).rowcount == 1
+
+    def destroy_key(self, key_id: str, now: int) -> list[str]:
+        with self._transaction() as conn:
+            marked = conn.execute(
+                f"UPDATE keys SET destroyed_at = ? WHERE key_id = ? AND state = 'PendingDeletion'"
+                f" AND delete_at <= ? AND {_LIVE}",
+                (now, key_id, now),
+            ).rowcount
+            if not marked:
+                return []
+            versions = [row[0] for row in conn.execute(
+                "SELECT version_id FROM key_versions WHERE key_id = ?", (key_id,))]
+            conn.executemany("INSERT OR REPLACE INTO pending_objects VALUES (?, ?, 'destroy', ?)",
+                             [(version_id, key_id, now) for version_id in versions])
+            conn.execute("DELETE FROM aliases WHERE key_id = ?", (key_id,))
+            conn.execute("DELETE FROM tags WHERE key_id = ?", (key_id,))
+            return versions
 
     def get_key(self, key_id: str) -> KeyRecord | None:
-        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ?", (key_id,))
+        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ? AND {_LIVE}", (key_id,))
         return _key(rows[0]) if rows else None
 
     def get_version(self, version_id: str) -> VersionRecord | None:
-        rows = self._read("SELECT version_id, key_id, created_at FROM key_versions WHERE version_id = ?",
-                          (version_id,))
+        rows = self._read(
+            f"SELECT v.version_id, v.key_id, v.created_at FROM key_versions v JOIN keys k USING (key_id)"
+            f" WHERE v.version_id = ? AND k.{_LIVE}",
+            (version_id,),
+        )
         return VersionRecord(*rows[0]) if rows else None
 
-    def list_keys(self, offset: int, limit: int) -> tuple[list[KeyRecord], int]:
-        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY created_at, key_id LIMIT ? OFFSET ?",
-                          (limit, offset))
-        total = self._read("SELECT COUNT(*) FROM keys")[0][0]
+    def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
+        condition, args = _key_filter_sql(where or KeyFilter())
+        rows = self._read(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {condition} ORDER BY created_at, key_id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        total = self._read(f"SELECT COUNT(*) FROM keys WHERE {condition}", args)[0][0]
         return [_key(row) for row in rows], total
+
+    def list_versions(self, key_id: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
+        rows = self._read(
+            "SELECT version_id, key_id, created_at FROM key_versions WHERE key_id = ?"
+            " ORDER BY created_at, rowid LIMIT ? OFFSET ?",
+            (key_id, limit, offset),
+        )
+        total = self._read("SELECT COUNT(*) FROM key_versions WHERE key_id = ?", (key_id,))[0][0]
+        return [VersionRecord(*row) for row in rows], total
+
+    def all_versions(self) -> dict[str, bool]:
+        rows = self._read("SELECT v.version_id, k.destroyed_at IS NULL FROM key_versions v JOIN keys k USING (key_id)")
+        return {version_id: bool(live) for version_id, live in rows}
+
+    def keys_due_for_deletion(self, now: int) -> list[str]:
+        rows = self._read(
+            f"SELECT key_id FROM keys WHERE state = 'PendingDeletion' AND delete_at <= ? AND {_LIVE}", (now,))
+        return [row[0] for row in rows]
+
+    def keys_due_for_rotation(self, now: int) -> list[KeyRecord]:
+        rows = self._read(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE state = 'Enabled' AND {_LIVE} AND rotation_interval IS NOT NULL"
+            " AND last_rotation_at + rotation_interval <= ?",
+            (now,),
+        )
+        return [_key(row) for row in rows]
+
+    # --- tags --------------------------------------------------------------------------------------------
+
+    def set_tags(self, tags: list[TagRecord]) -> None:
+        with self._transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [astuple(t) for t in tags])
+
+    def remove_tags(self, key_id: str, tag_keys: list[str] | None) -> None:
+        with self._transaction() as conn:
+            if tag_keys is None:
+                conn.execute("DELETE FROM tags WHERE key_id = ?", (key_id,))
+            else:
+                conn.executemany("DELETE FROM tags WHERE key_id = ? AND tag_key = ?",
+                                 [(key_id, tag_key) for tag_key in tag_keys])
+
+    def list_tags(self, key_ids: list[str] | None = None) -> list[TagRecord]:
+        if key_ids is None:
+            rows = self._read("SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key")
+        else:
+            marks = ", ".join("?" for _ in key_ids)
+            rows = self._read(
+                f"SELECT key_id, tag_key, tag_value FROM tags WHERE key_id IN ({marks}) ORDER BY key_id, tag_key",
+                tuple(key_ids),
+            )
+        return [TagRecord(*row) for row in rows]
 
     # --- aliases -----------------------------------------------------------------------------------------
 
     def create_alias(self, alias: AliasRecord) -> None:
         with self._transaction() as conn:
             conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", astuple(alias))
+
+    def update_alias(self, alias_name: str, key_id: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("UPDATE aliases SET key_id = ? WHERE alias_name = ?",
+                                (key_id, alias_name)).rowcount > 0
 
     def get_alias(self, alias_name: str) -> AliasRecord | None:
         rows = self._read("SELECT alias_name, key_id, created_at FROM aliases WHERE alias_name = ?",
@@ -235,3 +400,12 @@ class SqliteStore:
 
     def list_access_keys(self) -> list[AccessKeyRecord]:
         return [AccessKeyRecord(*row) for row in self._read("SELECT * FROM access_keys ORDER BY created_at")]
+
+    def set_access_key_state(self, access_key_id: str, state: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("UPDATE access_keys SET state = ? WHERE access_key_id = ?",
+                                (state, access_key_id)).rowcount > 0
+
+    def delete_access_key(self, access_key_id: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,)).rowcount > 0

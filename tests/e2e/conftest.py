@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.e2e.inprocess import InProcessServer, start_in_process
 from tests.e2e.sdk import LegacySdk, TeaSdk
 from tests.e2e.server import LiveServer, provision_server
 
@@ -23,7 +24,16 @@ def server(tmp_path_factory) -> LiveServer:
     assert not failures, "\n".join(failures)
 
 
-def make_sdk(name: str, server: LiveServer, access_key_id: str | None = None, secret: str | None = None):
+@pytest.fixture(scope="module")
+def clocked(hsm_settings, hsm, tmp_path_factory) -> InProcessServer:
+    """An in-process server whose key lifecycle runs on an injected clock (one per test module)."""
+    server, stop = start_in_process(hsm_settings, hsm, tmp_path_factory.mktemp("clocked"))
+    yield server
+    stop()
+
+
+def make_sdk(name: str, server: LiveServer | InProcessServer, access_key_id: str | None = None,
+             secret: str | None = None):
     access_key_id = access_key_id or server.access_key_id
     secret = secret or server.access_key_secret
     if name == "tea-v3":

@@ -14,7 +14,10 @@ IV = bytes(range(12))
 SEALED = bytes(range(100, 132))
 KAT_BLOB = Blob(key_version_id=VERSION_ID, iv=IV, sealed=SEALED)
 # Pinned format-1 encoding of KAT_BLOB. Changing it breaks every ciphertext already handed out.
-KAT_TEXT = "ODZhOWVmZDktM2QxNi00ODk0LWJkNGYtMWZjNDNmM2YyYWJmAAECAwQFBgcICQoLZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="
+KAT_TEXT = (
+    "ODZhOWVmZDktM2QxNi00ODk0LWJkNGYtMWZjNDNmM2YyYWJm"
+    "AAECAwQFBgcICQoLZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="
+)
 
 
 def b64(raw: bytes) -> str:

@@ -1,0 +1,127 @@
+"""Work that runs on a schedule or on an operator's command: destroying keys whose deletion window has
+passed, rotating keys that are due, finishing interrupted HSM operations, and ``doctor``.
+
+Every step is idempotent and safe to run from several worker processes at once: a key is destroyed or
+rotated only by the process whose conditional metadata update wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from hsmkms.hsm.backend import HsmError
+from hsmkms.service.access_keys import SERVICE_KEY_ID
+from hsmkms.service.keys import KeyService
+
+log = logging.getLogger(__name__)
+
+CMK_LABEL_PREFIX = "hsmkms:cmk:"
+# A journalled creation older than this was interrupted (a live one takes milliseconds).
+STALE_CREATE_SECONDS = 600
+
+
+@dataclass
+class DoctorReport:
+    missing_objects: list[str] = field(default_factory=list)  # live versions without an HSM object
+    orphan_objects: list[str] = field(default_factory=list)  # HSM objects no version or journal names
+    dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
+    interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
+    service_key_missing: bool = False
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing_objects or self.orphan_objects or self.dead_objects or self.interrupted
+                    or self.service_key_missing)
+
+    def lines(self) -> list[str]:
+        out = [f"missing HSM object for live key version {v} (cannot be repaired: restore the token)"
+               for v in self.missing_objects]
+        out += [f"orphan HSM object {v} (no key version names it)" for v in self.orphan_objects]
+        out += [f"HSM object {v} of a destroyed key still present" for v in self.dead_objects]
+        out += [f"interrupted operation on HSM object {v} (or still running: --repair rolls a creation back "
+                f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
+        if self.service_key_missing:
+            out.append("the access-key service key is missing from the token (run hsmkms init)")
+        out += [f"repaired: {item}" for item in self.repaired]
+        return out
+
+
+class Maintenance:
+    def __init__(self, keys: KeyService):
+        self.keys = keys
+        self.store = keys.store
+        self.hsm = keys.hsm
+
+    def run_once(self) -> None:
+        """One scheduler tick."""
+        self.finish_interrupted()
+        self.purge_due()
+        self.rotate_due()
+
+    def purge_due(self) -> list[str]:
+        """Destroy every key whose deletion window has passed (and finish destructions a crash interrupted);
+        never one whose window has not."""
+        self.finish_interrupted(stale_after=None)
+        now = self.keys.now()
+        destroyed = []
+        for key_id in self.store.keys_due_for_deletion(now):
+            versions = self.store.destroy_key(key_id, now)  # [] when another process won, or it was cancelled
+            if versions:
+                self.keys.watch.invalidate()
+                for version_id in versions:
+                    self._destroy_object(version_id)
+                destroyed.append(key_id)
+                log.info("destroyed key %s and its %d version(s) in the HSM", key_id, len(versions))
+        return destroyed
+
+    def rotate_due(self) -> list[str]:
+        rotated = []
+        for key in self.store.keys_due_for_rotation(self.keys.now()):
+            if self.keys.rotate(key) is not None:
+                rotated.append(key.key_id)
+        return rotated
+
+    def finish_interrupted(self, stale_after: int | None = STALE_CREATE_SECONDS) -> list[str]:
+        """Complete journalled destructions; roll back creations older than ``stale_after`` (None: none)."""
+        now = self.keys.now()
+        finished = []
+        for pending in self.store.pending_objects():
+            stale = stale_after is not None and now - pending.created_at >= stale_after
+            if pending.purpose == "destroy" or stale:
+                self._destroy_object(pending.object_id)
+                finished.append(pending.object_id)
+        return finished
+
+    def _destroy_object(self, object_id: str) -> None:
+        self.hsm.destroy_key(object_id)
+        self.store.finish_object(object_id)
+
+    def doctor(self, repair: bool = False) -> DoctorReport:
+        """Compare the token's objects with the metadata; with ``repair``, fix what is safe to fix.
+
+        Safe means: destroy objects that no live key version names, finish journalled destructions and roll
+        back stale journalled creations.  An object a live version names is never destroyed.
+        """
+        report = DoctorReport()
+        objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
+        versions = self.store.all_versions()
+        pending = {p.object_id: p for p in self.store.pending_objects()}
+        report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)
+        report.dead_objects = sorted(o for o in objects if o in versions and not versions[o] and o not in pending)
+        report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
+        report.interrupted = sorted(pending)
+        report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
+        if repair:
+            for object_id in report.orphan_objects + report.dead_objects:
+                if versions.get(object_id):  # belt and braces: never a live version's object
+                    continue
+                try:
+                    self.hsm.destroy_key(object_id)
+                    report.repaired.append(f"destroyed {object_id}")
+                except HsmError as exc:
+                    log.error("could not destroy %s: %s", object_id, exc)
+            for object_id in self.finish_interrupted():
+                report.repaired.append(f"finished {object_id}")
+        return report
