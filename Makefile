@@ -1,5 +1,6 @@
 # The two commands: `make run` serves a development endpoint, `make test` runs the whole suite.
 # Both set up everything they need first (system packages, .venv, the package).
+# `make run TLS=1` serves HTTPS with a development CA and certificate made under var/tls/.
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,9 +10,11 @@ DEV_CONFIG := config/dev.toml
 
 .PHONY: run test system-deps venv clean
 
+TLS_ENV := $(if $(TLS),HSMKMS_SERVER_TLS_CERTIFICATE=var/tls/server.pem HSMKMS_SERVER_TLS_KEY=var/tls/server-key.pem)
+
 run: system-deps venv
-	$(BIN)/hsmkms dev-setup --config $(DEV_CONFIG) --credentials var/dev-credentials.json
-	exec $(BIN)/hsmkms serve --config $(DEV_CONFIG)
+	$(BIN)/hsmkms dev-setup --config $(DEV_CONFIG) --credentials var/dev-credentials.json $(if $(TLS),--tls)
+	$(TLS_ENV) exec $(BIN)/hsmkms serve --config $(DEV_CONFIG)
 
 test: system-deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

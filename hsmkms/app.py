@@ -20,6 +20,7 @@ from hsmkms.api import render
 from hsmkms.api.actions import Services
 from hsmkms.api.auth import Authenticator
 from hsmkms.api.rpc import RpcEndpoint, host_id
+from hsmkms.audit import AuditLog
 from hsmkms.errors import (
     InternalFailure,
     InvalidActionNotFound,
@@ -91,7 +92,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Flask:
     # the key lifecycle.
     authenticator = Authenticator(runtime.services.access_keys.credential, runtime.nonces, time.time,
                                   settings.clock_skew_seconds)
-    endpoint = RpcEndpoint(runtime.services, authenticator, runtime.watch)
+    # The audit writer is a thread: made here, in the serving process, after any fork.
+    audit = AuditLog(settings.audit_log_path, settings.audit_max_bytes, settings.audit_backup_count)
+    app.extensions["hsmkms_audit"] = audit
+    endpoint = RpcEndpoint(runtime.services, authenticator, runtime.watch, audit)
     app.add_url_rule("/", "rpc", endpoint, methods=["GET", "POST"], provide_automatic_options=False)
 
     @app.get("/healthz")

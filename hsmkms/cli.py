@@ -17,9 +17,11 @@ from hsmkms.api.actions import iso_time, key_metadata
 from hsmkms.app import Runtime
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
+from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
 from hsmkms.service.keys import parse_rotation_interval, validate_alias_name
 from hsmkms.settings import Settings, SettingsError, load
 from hsmkms.store.base import StoreError
+from hsmkms.tls import ensure_dev_certificates
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="HSMKMS_CONFIG",
@@ -86,13 +88,18 @@ def init(config_path: Path | None) -> None:
 @config_option
 @click.option("--credentials", "credentials_file", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Where to write the development credentials (JSON, mode 0600).")
-def dev_setup(config_path: Path | None, credentials_file: Path) -> None:
+@click.option("--tls", is_flag=True, help="Also make a development CA and server certificate under <data_dir>/tls.")
+def dev_setup(config_path: Path | None, credentials_file: Path, tls: bool) -> None:
     """Initialise and make sure a development access key and alias/dev exist (used by `make run`)."""
     settings = _settings(config_path)
     with _runtime(settings) as runtime:
         host, port = settings.listen_host_port
         credentials = provision.dev_setup(runtime, credentials_file, f"{host}:{port}")
-    click.echo(DEV_BANNER.format(c=credentials, file=credentials_file))
+    if tls:
+        certificates = ensure_dev_certificates(settings.data_dir / "tls", (host, "localhost"))
+        click.echo(DEV_TLS_BANNER.format(c=credentials, file=credentials_file, ca=certificates.ca_cert))
+    else:
+        click.echo(DEV_BANNER.format(c=credentials, file=credentials_file))
 
 
 DEV_BANNER = """\
@@ -112,6 +119,32 @@ Try it with the official Python SDK (pip install alibabacloud-kms20160120):
                       endpoint="{c.endpoint}", protocol="http"))
   key = kms.generate_data_key(GenerateDataKeyRequest(key_id="{c.key_alias}")).body
   print(kms.decrypt(DecryptRequest(ciphertext_blob=key.ciphertext_blob)).body.plaintext == key.plaintext)
+"""
+
+DEV_TLS_BANNER = """\
+hsmkms development endpoint (HTTPS, certificate signed by a development CA)
+  Endpoint        https://{c.endpoint}
+  AccessKeyId     {c.access_key_id}
+  AccessKeySecret {c.access_key_secret}
+  KeyAlias        {c.key_alias}
+  CA certificate  {ca}
+  (also in {file})
+
+Try it with the official Python SDK (pip install alibabacloud-kms20160120):
+
+  from alibabacloud_kms20160120.client import Client
+  from alibabacloud_kms20160120.models import GenerateDataKeyRequest, DecryptRequest
+  from alibabacloud_tea_openapi.models import Config
+  from darabonba.runtime import RuntimeOptions
+  kms = Client(Config(access_key_id="{c.access_key_id}", access_key_secret="{c.access_key_secret}",
+                      endpoint="{c.endpoint}", protocol="https"))
+  trust = RuntimeOptions(ca="{ca}")
+  key = kms.generate_data_key_with_options(GenerateDataKeyRequest(key_id="{c.key_alias}"), trust).body
+  print(kms.decrypt_with_options(DecryptRequest(ciphertext_blob=key.ciphertext_blob), trust).body.plaintext
+        == key.plaintext)
+
+The legacy SDK (aliyun-python-sdk-core), whose KMS requests always use HTTPS, trusts the CA with
+ALIBABA_CLOUD_CA_BUNDLE={ca}
 """
 
 
@@ -261,11 +294,82 @@ def access_key() -> None:
 
 @access_key.command("create")
 @click.option("--description", default="", help="What the access key is for.")
+@click.option("--policy", "policy_file", type=click.File("r", encoding="utf-8"),
+              help="RAM-style policy document (JSON file, - for stdin); default: every KMS action on every key.")
 @with_runtime
-def access_key_create(runtime: Runtime, description: str) -> None:
+def access_key_create(runtime: Runtime, description: str, policy_file) -> None:
     """Create an access key; the secret is printed this once and stored only sealed by the HSM."""
-    access_key_id, secret = runtime.services.access_keys.create(description)
+    policy = ALLOW_ALL if policy_file is None else _read_policy(policy_file)
+    access_key_id, secret = runtime.services.access_keys.create(description, policy)
     click.echo(f"AccessKeyId: {access_key_id}\nAccessKeySecret: {secret}")
+
+
+@access_key.command("list")
+@with_runtime
+def access_key_list(runtime: Runtime) -> None:
+    """One line per access key: id, state, creation date, description (never a secret)."""
+    for record in runtime.services.access_keys.list():
+        click.echo(f"{record.access_key_id}  {record.state:<8}  {iso_time(record.created_at)}  {record.description}")
+
+
+@access_key.command("disable")
+@click.argument("access_key_id")
+@with_runtime
+def access_key_disable(runtime: Runtime, access_key_id: str) -> None:
+    """Refuse every request signed with this key (Forbidden.AccessKey) until it is enabled again."""
+    runtime.services.access_keys.set_enabled(access_key_id, False)
+    click.echo("Disabled")
+
+
+@access_key.command("enable")
+@click.argument("access_key_id")
+@with_runtime
+def access_key_enable(runtime: Runtime, access_key_id: str) -> None:
+    """Accept requests signed with this key again."""
+    runtime.services.access_keys.set_enabled(access_key_id, True)
+    click.echo("Enabled")
+
+
+@access_key.command("delete")
+@click.argument("access_key_id")
+@with_runtime
+def access_key_delete(runtime: Runtime, access_key_id: str) -> None:
+    """Delete the key for good (InvalidAccessKeyId.NotFound afterwards)."""
+    runtime.services.access_keys.delete(access_key_id)
+    click.echo("Deleted")
+
+
+@access_key.group("policy")
+def access_key_policy() -> None:
+    """The RAM-style policy that says what an access key may do."""
+
+
+@access_key_policy.command("set")
+@click.argument("access_key_id")
+@click.argument("policy_file", type=click.File("r", encoding="utf-8"))
+@with_runtime
+def access_key_policy_set(runtime: Runtime, access_key_id: str, policy_file) -> None:
+    """Replace the key's policy with the JSON document in POLICY_FILE (- for stdin)."""
+    try:
+        policy = runtime.services.access_keys.set_policy(access_key_id, policy_file.read())
+    except PolicyError as exc:
+        raise click.ClickException(f"invalid policy: {exc}") from None
+    click.echo(policy.to_json())
+
+
+@access_key_policy.command("show")
+@click.argument("access_key_id")
+@with_runtime
+def access_key_policy_show(runtime: Runtime, access_key_id: str) -> None:
+    """Print the key's policy."""
+    click.echo(runtime.services.access_keys.policy_of(access_key_id).to_json())
+
+
+def _read_policy(policy_file) -> Policy:
+    try:
+        return parse_policy(policy_file.read())
+    except PolicyError as exc:
+        raise click.ClickException(f"invalid policy: {exc}") from None
 
 
 if __name__ == "__main__":

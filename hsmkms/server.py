@@ -55,10 +55,14 @@ def _start_scheduler(worker) -> None:
     worker.hsmkms_scheduler.start()
 
 
-def _stop_scheduler(worker) -> None:
+def _worker_exit(server, worker) -> None:
+    """gunicorn worker_exit: stop the scheduler and write out the queued audit records."""
     scheduler = getattr(worker, "hsmkms_scheduler", None)
     if scheduler is not None:
         scheduler.stop()
+    audit = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("hsmkms_audit")
+    if audit is not None:
+        audit.close()
 
 
 def serve(settings: Settings) -> None:
@@ -78,7 +82,9 @@ def serve(settings: Settings) -> None:
         "proc_name": "hsmkms",
         "control_socket_disable": True,
         "post_worker_init": _start_scheduler,
-        "worker_exit": lambda server, worker: _stop_scheduler(worker),
+        "worker_exit": _worker_exit,
     }
-    log.info("serving on http://%s with %d workers", settings.listen, options["workers"])
+    if settings.tls_certificate is not None:
+        options |= {"certfile": str(settings.tls_certificate), "keyfile": str(settings.tls_key)}
+    log.info("serving on %s://%s with %d workers", settings.scheme, settings.listen, options["workers"])
     _GunicornApp(settings, options).run()

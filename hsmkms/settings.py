@@ -33,6 +33,8 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     workers: int = 0  # 0: one worker process per CPU core
     max_body_bytes: int = 64 * 1024
+    tls_certificate: Path | None = None  # with tls_key: serve HTTPS
+    tls_key: Path | None = None
     # [kms]
     region: str = "cn-hangzhou"
     account_id: str = "1000000000000000"
@@ -46,6 +48,10 @@ class Settings:
     database: Path | None = None  # default: <data_dir>/hsmkms.db
     # [auth]
     clock_skew_seconds: int = 900
+    # [audit]
+    audit_path: Path | None = None  # default: <data_dir>/audit.log
+    audit_max_bytes: int = 0  # 0: never rotate in-process (use logrotate); > 0 needs workers = 1
+    audit_backup_count: int = 10
     # [scheduler]
     scheduler_interval_seconds: int = 60  # 0 disables the in-server scheduler
     # [log]
@@ -56,6 +62,14 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.database or self.data_dir / "hsmkms.db"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certificate else "http"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.audit_path or self.data_dir / "audit.log"
 
     @property
     def softhsm_conf_path(self) -> Path | None:
@@ -95,6 +109,8 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("server", "listen"): "listen",
     ("server", "workers"): "workers",
     ("server", "max_body_bytes"): "max_body_bytes",
+    ("server", "tls_certificate"): "tls_certificate",
+    ("server", "tls_key"): "tls_key",
     ("kms", "region"): "region",
     ("kms", "account_id"): "account_id",
     ("hsm", "module"): "module",
@@ -104,10 +120,14 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("store", "path"): "database",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
+    ("audit", "path"): "audit_path",
+    ("audit", "max_bytes"): "audit_max_bytes",
+    ("audit", "backup_count"): "audit_backup_count",
     ("log", "level"): "log_level",
 }
-_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database"}
-_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds", "scheduler_interval_seconds"}
+_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
+_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds", "scheduler_interval_seconds", "audit_max_bytes",
+               "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -177,10 +197,17 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"listen must be HOST:PORT, not {settings.listen!r}") from None
     if not 0 <= port <= 65535:
         raise SettingsError(f"listen port out of range: {port}")
+    if (settings.tls_certificate is None) != (settings.tls_key is None):
+        raise SettingsError("[server] tls_certificate and tls_key go together")
     if settings.workers < 0:
         raise SettingsError("workers must be 0 (one per core) or more")
     if settings.max_body_bytes < 1:
         raise SettingsError("max_body_bytes must be positive")
+    if settings.audit_max_bytes < 0 or settings.audit_backup_count < 0:
+        raise SettingsError("[audit] max_bytes and backup_count must be 0 or more")
+    if settings.audit_max_bytes and settings.workers != 1:
+        # Rotation by size is a rename other worker processes cannot see: use logrotate with several workers.
+        raise SettingsError("[audit] max_bytes > 0 needs [server] workers = 1; with more, rotate with logrotate")
     if settings.scheduler_interval_seconds < 0:
         raise SettingsError("scheduler interval_seconds must be 0 (off) or more")
     if settings.clock_skew_seconds < 1:

@@ -1,6 +1,7 @@
 """One handler per Action: read typed parameters, call the service, shape the response body.
 
-Handlers are registered in ``ACTIONS`` by name; that table is the list of everything the endpoint answers.
+Handlers are registered in ``ACTIONS`` by name; that table is the list of everything the endpoint answers,
+and for each action what it touches (``api/authorize.py``), which the caller's policy must allow.
 Wire shapes (KeyMetadata, double-wrapped lists, dates) are built here and nowhere else.
 """
 
@@ -11,6 +12,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hsmkms.api.authorize import (
+    Touches,
+    on_account,
+    on_alias,
+    on_blob,
+    on_key,
+    on_keys,
+    on_re_encrypt,
+)
 from hsmkms.api.params import Params
 from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
@@ -50,12 +60,25 @@ class Call:
 
 
 Handler = Callable[[Call], dict]
-ACTIONS: dict[str, Handler] = {}
 
 
-def action(handler: Handler) -> Handler:
-    ACTIONS[handler.__name__] = handler
-    return handler
+@dataclass(frozen=True)
+class Action:
+    handler: Handler
+    touches: Touches
+
+
+ACTIONS: dict[str, Action] = {}
+
+
+def action(touches: Touches) -> Callable[[Handler], Handler]:
+    """Register a handler under its name, with what it touches."""
+
+    def register(handler: Handler) -> Handler:
+        ACTIONS[handler.__name__] = Action(handler, touches)
+        return handler
+
+    return register
 
 
 def iso_time(seconds: int | float | None) -> str:
@@ -127,14 +150,14 @@ def data_key_length(params: Params) -> int:
 # --- symmetric cryptography ----------------------------------------------------------------------------
 
 
-@action
+@action(on_key("KeyId"))
 def GenerateDataKey(call: Call) -> dict:
     p = call.params
     data_key = call.services.crypto.generate_data_key(p.required("KeyId"), data_key_length(p), p.context())
     return {**sealed_fields(data_key.sealed), "Plaintext": data_key.plaintext_b64}
 
 
-@action
+@action(on_key("KeyId"))
 def GenerateDataKeyWithoutPlaintext(call: Call) -> dict:
     p = call.params
     data_key = call.services.crypto.generate_data_key(
@@ -143,7 +166,7 @@ def GenerateDataKeyWithoutPlaintext(call: Call) -> dict:
     return sealed_fields(data_key.sealed)
 
 
-@action
+@action(on_key("KeyId"))
 def Encrypt(call: Call) -> dict:
     p = call.params
     plaintext = p.required("Plaintext")
@@ -152,14 +175,14 @@ def Encrypt(call: Call) -> dict:
     return sealed_fields(call.services.crypto.encrypt(p.required("KeyId"), plaintext, p.context()))
 
 
-@action
+@action(on_blob)
 def Decrypt(call: Call) -> dict:
     p = call.params
     opened = call.services.crypto.decrypt(p.required("CiphertextBlob"), p.context())
     return {"KeyId": opened.key_id, "KeyVersionId": opened.key_version_id, "Plaintext": opened.plaintext}
 
 
-@action
+@action(on_re_encrypt)
 def ReEncrypt(call: Call) -> dict:
     p = call.params
     if p.optional("SourceEncryptionAlgorithm") or p.optional("SourceKeyVersionId"):
@@ -178,7 +201,7 @@ def key_id_param(p: Params) -> str:
     return p.required("KeyId")
 
 
-@action
+@action(on_account())
 def CreateKey(call: Call) -> dict:
     p = call.params
     if p.optional("DKMSInstanceId"):
@@ -201,7 +224,7 @@ def CreateKey(call: Call) -> dict:
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
 
 
-@action
+@action(on_key("KeyId"))
 def DescribeKey(call: Call) -> dict:
     key = call.services.keys.usable(key_id_param(call.params), "DescribeKey")
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
@@ -243,7 +266,7 @@ def key_filter(text: str | None) -> KeyFilter | None:
     return KeyFilter(match_nothing=match_nothing, **{k: frozenset(v) for k, v in wanted.items()})
 
 
-@action
+@action(on_account())
 def ListKeys(call: Call) -> dict:
     p = call.params
     where = key_filter(p.optional("Filters"))
@@ -254,19 +277,19 @@ def ListKeys(call: Call) -> dict:
     return paged("Keys", "Key", entries, total, page)
 
 
-@action
+@action(on_key("KeyId"))
 def EnableKey(call: Call) -> dict:
     call.services.keys.enable(key_id_param(call.params))
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def DisableKey(call: Call) -> dict:
     call.services.keys.disable(key_id_param(call.params))
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def UpdateKeyDescription(call: Call) -> dict:
     p = call.params
     description = p.text("Description", MAX_DESCRIPTION_CHARS, required=True)
@@ -274,7 +297,7 @@ def UpdateKeyDescription(call: Call) -> dict:
     return {}
 
 
-@action
+@action(on_key("KeyId", "ProtectedResourceArn"))
 def SetDeletionProtection(call: Call) -> dict:
     p = call.params
     enabled = p.boolean("EnableDeletionProtection", required=True)
@@ -286,7 +309,7 @@ def SetDeletionProtection(call: Call) -> dict:
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def ScheduleKeyDeletion(call: Call) -> dict:
     p = call.params
     days = p.integer("PendingWindowInDays", 7, 366, required=True)
@@ -294,13 +317,13 @@ def ScheduleKeyDeletion(call: Call) -> dict:
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def CancelKeyDeletion(call: Call) -> dict:
     call.services.keys.cancel_deletion(key_id_param(call.params))
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def UpdateRotationPolicy(call: Call) -> dict:
     p = call.params
     enabled = p.boolean("EnableAutomaticRotation", required=True)
@@ -313,20 +336,20 @@ def UpdateRotationPolicy(call: Call) -> dict:
 # --- versions ------------------------------------------------------------------------------------------
 
 
-@action
+@action(on_key("KeyId"))
 def CreateKeyVersion(call: Call) -> dict:
     version = call.services.keys.create_version(key_id_param(call.params))
     return {"KeyVersion": version_entry(version)}
 
 
-@action
+@action(on_key("KeyId"))
 def DescribeKeyVersion(call: Call) -> dict:
     p = call.params
     version = call.services.keys.describe_version(key_id_param(p), p.required("KeyVersionId"))
     return {"KeyVersion": version_entry(version)}
 
 
-@action
+@action(on_key("KeyId"))
 def ListKeyVersions(call: Call) -> dict:
     p = call.params
     page = p.page(max_size=101)
@@ -337,34 +360,34 @@ def ListKeyVersions(call: Call) -> dict:
 # --- aliases -------------------------------------------------------------------------------------------
 
 
-@action
+@action(on_alias("KeyId"))
 def CreateAlias(call: Call) -> dict:
     p = call.params
     call.services.keys.create_alias(p.required("AliasName"), key_id_param(p))
     return {}
 
 
-@action
+@action(on_alias("KeyId"))
 def UpdateAlias(call: Call) -> dict:
     p = call.params
     call.services.keys.update_alias(p.required("AliasName"), key_id_param(p))
     return {}
 
 
-@action
+@action(on_alias())
 def DeleteAlias(call: Call) -> dict:
     call.services.keys.delete_alias(call.params.required("AliasName"))
     return {}
 
 
-@action
+@action(on_account("alias"))
 def ListAliases(call: Call) -> dict:
     page = call.params.page()
     aliases, total = call.services.keys.list_aliases((page[0] - 1) * page[1], page[1])
     return paged("Aliases", "Alias", [alias_entry(a, call.services.identity) for a in aliases], total, page)
 
 
-@action
+@action(on_key("KeyId"))
 def ListAliasesByKeyId(call: Call) -> dict:
     p = call.params
     page = p.page(max_size=101)
@@ -386,21 +409,21 @@ def only_keys(p: Params) -> str:
     return key_id_param(p)
 
 
-@action
+@action(on_key("KeyId"))
 def TagResource(call: Call) -> dict:
     p = call.params
     call.services.tags.tag(only_keys(p), parse_tags_json(p.required("Tags")))
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def UntagResource(call: Call) -> dict:
     p = call.params
     call.services.tags.untag(only_keys(p), parse_tag_keys_json(p.required("TagKeys")))
     return {}
 
 
-@action
+@action(on_key("KeyId"))
 def ListResourceTags(call: Call) -> dict:
     tags = call.services.tags.tags_of(key_id_param(call.params))
     return {"Tags": {"Tag": [{"KeyId": t.key_id, "TagKey": t.tag_key, "TagValue": t.tag_value} for t in tags]}}
@@ -416,7 +439,7 @@ def tag_resources_scope(call: Call) -> Params:
     return p
 
 
-@action
+@action(on_keys("ResourceId"))
 def TagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
     resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
@@ -427,7 +450,7 @@ def TagResources(call: Call) -> dict:
     return {}
 
 
-@action
+@action(on_keys("ResourceId"))
 def UntagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
     resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
@@ -438,7 +461,7 @@ def UntagResources(call: Call) -> dict:
     return {}
 
 
-@action
+@action(on_keys("ResourceId"))
 def ListTagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
     resources = p.indexed("ResourceId")

@@ -140,8 +140,8 @@ class Authenticator:
         self._clock = clock
         self._skew = skew_seconds
 
-    def authenticate(self, request: SignedRequest) -> str:
-        """Verify the request's signature; return the AccessKeyId that signed it."""
+    def authenticate(self, request: SignedRequest) -> Credential:
+        """Verify the request's signature; return the credential (access key and its policy) that signed it."""
         authorization = request.headers.get("authorization", "")
         if authorization.startswith("ACS3-"):
             return self._v3(request, authorization)
@@ -149,7 +149,7 @@ class Authenticator:
             return self._v1(request)
         raise MissingParameter("Signature")
 
-    def _v1(self, request: SignedRequest) -> str:
+    def _v1(self, request: SignedRequest) -> Credential:
         params = request.params
         if "SecurityToken" in params:
             raise StsTokenNotSupported()
@@ -166,9 +166,9 @@ class Authenticator:
             redacted = {k: ("***" if k in SENSITIVE_PARAMETERS else v) for k, v in params.items()}
             raise SignatureDoesNotMatch(v1_string_to_sign(request.method, redacted))
         self._check_fresh(access_key_id, timestamp, nonce)
-        return access_key_id
+        return credential
 
-    def _v3(self, request: SignedRequest, authorization: str) -> str:
+    def _v3(self, request: SignedRequest, authorization: str) -> Credential:
         headers = request.headers
         if "x-acs-security-token" in headers:
             raise StsTokenNotSupported()
@@ -189,7 +189,7 @@ class Authenticator:
         if not hmac.compare_digest(hashlib.sha256(request.body).hexdigest(), payload_hash.lower()):
             raise SignatureDoesNotMatch("x-acs-content-sha256 does not match the request body")
         self._check_fresh(parsed.access_key_id, timestamp, nonce)
-        return parsed.access_key_id
+        return credential
 
     def _check_fresh(self, access_key_id: str, timestamp: float, nonce: str) -> None:
         now = self._clock()

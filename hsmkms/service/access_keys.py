@@ -1,8 +1,9 @@
-"""Access keys (AccessKeyId + AccessKeySecret) that sign requests.
+"""Access keys (AccessKeyId + AccessKeySecret) that sign requests, and the policy each one carries.
 
 A secret is stored sealed by an AES-GCM service key that lives in the HSM (AAD: the AccessKeyId, so a
 sealed secret cannot be moved to another id); the database alone reveals nothing.  A process unseals a
-secret once and keeps it in memory; the cache is dropped when the store changes (see ``watch``).
+secret once and keeps it in memory with the parsed policy; the cache is dropped when the store changes
+(see ``watch``), so a key disabled or re-scoped from the CLI is refused by every worker at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from hsmkms.errors import ForbiddenAccessKey, InvalidAccessKeyIdNotFound
 from hsmkms.hsm.backend import HsmBackend
+from hsmkms.policy import ALLOW_ALL, Policy, parse_policy
 from hsmkms.service.watch import Cache, StoreWatch
 from hsmkms.store.base import AccessKeyRecord, Store
 
@@ -34,6 +36,7 @@ class Credential:
     access_key_id: str
     secret: str = field(repr=False)
     enabled: bool = True
+    policy: Policy = ALLOW_ALL
 
 
 def _aad(access_key_id: str) -> bytes:
@@ -53,17 +56,39 @@ class AccessKeyService:
             self.hsm.create_aes_key(SERVICE_KEY_ID, SERVICE_KEY_LABEL)
             log.info("created the HSM service key that seals access key secrets")
 
-    def create(self, description: str = "") -> tuple[str, str]:
+    def create(self, description: str = "", policy: Policy = ALLOW_ALL) -> tuple[str, str]:
         """A new enabled access key; the secret is returned here once and stored only sealed."""
         access_key_id = ID_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(ID_RANDOM_CHARS))
         secret = "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS))
         iv = self.hsm.random(IV_LEN)
         sealed = self.hsm.gcm_encrypt(SERVICE_KEY_ID, iv, secret.encode("ascii"), _aad(access_key_id))
-        self.store.create_access_key(
-            AccessKeyRecord(access_key_id, iv, sealed, "Enabled", description, int(self.clock()))
-        )
+        self.store.create_access_key(AccessKeyRecord(
+            access_key_id, iv, sealed, "Enabled", description, int(self.clock()), policy.to_json()))
         self.watch.invalidate()
         return access_key_id, secret
+
+    def set_enabled(self, access_key_id: str, enabled: bool) -> None:
+        self._changed(self.store.set_access_key_state(access_key_id, "Enabled" if enabled else "Disabled"))
+
+    def delete(self, access_key_id: str) -> None:
+        self._changed(self.store.delete_access_key(access_key_id))
+
+    def set_policy(self, access_key_id: str, document: str) -> Policy:
+        """Validate (PolicyError on a bad document) and store a new policy for the access key."""
+        policy = parse_policy(document)
+        self._changed(self.store.set_access_key_policy(access_key_id, policy.to_json()))
+        return policy
+
+    def policy_of(self, access_key_id: str) -> Policy:
+        record = self.store.get_access_key(access_key_id)
+        if record is None:
+            raise InvalidAccessKeyIdNotFound()
+        return ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+
+    def _changed(self, found: bool) -> None:
+        if not found:
+            raise InvalidAccessKeyIdNotFound()
+        self.watch.invalidate()
 
     def exists(self, access_key_id: str) -> bool:
         return self.store.get_access_key(access_key_id) is not None
@@ -82,7 +107,8 @@ class AccessKeyService:
         if record is None:
             return None
         secret = self.hsm.gcm_decrypt(SERVICE_KEY_ID, record.secret_iv, record.secret_sealed, _aad(access_key_id))
-        return Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled")
+        policy = ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+        return Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled", policy)
 
     def list(self) -> list[AccessKeyRecord]:
         return self.store.list_access_keys()

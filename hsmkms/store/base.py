@@ -96,6 +96,7 @@ class AccessKeyRecord:
     state: str  # Enabled | Disabled
     description: str
     created_at: int
+    policy: str | None = None  # RAM-style policy document; None (keys made before policies) = allow all
 
 
 class Store(Protocol):
@@ -169,3 +170,5 @@ class Store(Protocol):
     def set_access_key_state(self, access_key_id: str, state: str) -> bool: ...
 
     def delete_access_key(self, access_key_id: str) -> bool: ...
+
+    def set_access_key_policy(self, access_key_id: str, policy: str) -> bool: ...

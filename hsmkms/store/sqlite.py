@@ -88,6 +88,10 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     );
     """,
+    # 3: authorization -- a policy document per access key
+    """
+    ALTER TABLE access_keys ADD COLUMN policy TEXT;
+    """,
 ]
 
 _LIVE = "destroyed_at IS NULL"
@@ -392,7 +396,7 @@ class SqliteStore:
 
     def create_access_key(self, record: AccessKeyRecord) -> None:
         with self._transaction() as conn:
-            conn.execute("INSERT INTO access_keys VALUES (?, ?, ?, ?, ?, ?)", astuple(record))
+            conn.execute("INSERT INTO access_keys VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(record))
 
     def get_access_key(self, access_key_id: str) -> AccessKeyRecord | None:
         rows = self._read("SELECT * FROM access_keys WHERE access_key_id = ?", (access_key_id,))
@@ -409,3 +413,8 @@ class SqliteStore:
     def delete_access_key(self, access_key_id: str) -> bool:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,)).rowcount > 0
+
+    def set_access_key_policy(self, access_key_id: str, policy: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("UPDATE access_keys SET policy = ? WHERE access_key_id = ?",
+                                (policy, access_key_id)).rowcount > 0

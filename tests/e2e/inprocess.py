@@ -63,7 +63,8 @@ def start_in_process(base: Settings, hsm: HsmBackend, data_dir: Path):
     runtime.store.migrate()
     runtime.services.access_keys.ensure_service_key()
     access_key_id, secret = runtime.services.access_keys.create("in-process tests")
-    http = make_server("127.0.0.1", 0, create_app(settings, runtime=runtime), threaded=True)
+    app = create_app(settings, runtime=runtime)
+    http = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, name="in-process-server", daemon=True)
     thread.start()
     failures = _ErrorCollector()
@@ -73,6 +74,7 @@ def start_in_process(base: Settings, hsm: HsmBackend, data_dir: Path):
         http.shutdown()
         thread.join(10)
         logging.getLogger("hsmkms").removeHandler(failures)
+        app.extensions["hsmkms_audit"].close()
         runtime.store.close()
         runtime.nonces.close()
         # Every 5xx is logged at ERROR: none may have happened.

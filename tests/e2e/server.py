@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(root: Path, port: int, workers: int = 2, extra: str = "") -> Path:
+def write_config(root: Path, port: int, workers: int = 2, extra: str = "", pin_file: bool = True) -> Path:
     config = root / "hsmkms.toml"
     config.write_text(
         f"""
@@ -36,7 +37,7 @@ region = "cn-hangzhou"
 account_id = "1234567890123456"
 [hsm]
 token_label = "hsmkms-e2e"
-pin_file = "data/token.pin"
+{'pin_file = "data/token.pin"' if pin_file else ''}
 [hsm.softhsm]
 token_dir = "data/tokens"
 {extra}
@@ -52,10 +53,10 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run([*HSMKMS, *args], capture_output=True, text=True, env=env or clean_env(),
-                            timeout=timeout)
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 60,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*HSMKMS, *args], capture_output=True, text=True, env=clean_env() | (env or {}),
+                            timeout=timeout, input=stdin)
     if check and result.returncode != 0:
         raise AssertionError(f"hsmkms {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -70,6 +71,8 @@ class LiveServer:
     access_key_secret: str
     alias: str
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # extra environment (a PIN, TLS files)
+    ca: Path | None = None  # set when serving HTTPS
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -78,7 +81,10 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.ca else 'http'}://{self.endpoint}"
+
+    def cli(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--config", str(self.config), env=self.env, check=check, stdin=stdin)
 
     @property
     def data_dir(self) -> Path:
@@ -87,13 +93,15 @@ class LiveServer:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen([*HSMKMS, "serve", "--config", str(self.config)], stdout=log,
-                                        stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+                                        stderr=subprocess.STDOUT, env=clean_env() | self.env,
+                                        start_new_session=True)
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2, context=context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -116,13 +124,26 @@ class LiveServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
-def provision_server(root: Path, workers: int = 2, extra_config: str = "") -> LiveServer:
-    """Configure and provision (``hsmkms dev-setup``) a server; the caller starts it."""
+def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: str | None = None,
+                     tls: bool = False) -> LiveServer:
+    """Configure and provision (``hsmkms dev-setup``) a server; the caller starts it.
+
+    ``pin``: give the token PIN through HSMKMS_HSM_PIN instead of a PIN file.  ``tls``: serve HTTPS with a
+    development CA and certificate.
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = write_config(root, port, workers, extra_config)
+    config = write_config(root, port, workers, extra_config, pin_file=pin is None)
     credentials = root / "credentials.json"
-    run_cli("dev-setup", "--config", str(config), "--credentials", str(credentials))
+    env = {"HSMKMS_HSM_PIN": pin} if pin else {}
+    run_cli("dev-setup", "--config", str(config), "--credentials", str(credentials), *(["--tls"] if tls else []),
+            env=env)
     facts = json.loads(credentials.read_text(encoding="utf-8"))
+    ca = None
+    if tls:
+        tls_dir = root / "data" / "tls"
+        env |= {"HSMKMS_SERVER_TLS_CERTIFICATE": str(tls_dir / "server.pem"),
+                "HSMKMS_SERVER_TLS_KEY": str(tls_dir / "server-key.pem")}
+        ca = tls_dir / "ca.pem"
     return LiveServer(root, config, port, facts["AccessKeyId"], facts["AccessKeySecret"], facts["KeyAlias"],
-                      root / "server.log")
+                      root / "server.log", env=env, ca=ca)

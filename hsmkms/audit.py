@@ -1,0 +1,260 @@
+"""The audit trail: one compact JSON object per line for every request, written off the request path.
+
+What a line holds is fixed by :class:`AuditRecord`: who (access key, source address), what (action, key,
+key version, a SHA-256 of the encryption context), and how it ended (error code, HTTP status, latency).  It
+has no field for plaintexts, data keys, secrets, signatures or the PIN, so none can leak into the trail.
+
+Writing: :meth:`AuditLog.record` puts the line on a bounded queue and returns at once; a background thread
+(:class:`logging.handlers.QueueListener`) writes it to the file.  A request therefore never waits on disk
+I/O; if the writer falls so far behind that the queue is full, the record is dropped, counted in
+``AuditLog.dropped`` and reported by one warning per burst on the ``hsmkms.audit`` logger.  The audit lines
+themselves never pass through a :class:`logging.Logger`, so they cannot reach the root logger's handlers.
+Lines are flushed to the operating system one by one (no fsync).
+
+Files are created with mode 0600, including every file opened after a rotation.
+
+Rotation, and why it depends on the process model:
+
+- ``max_bytes > 0``: size-based rotation in-process, exactly like
+  :class:`logging.handlers.RotatingFileHandler` (``path`` -> ``path.1`` -> ... -> ``path.<backup_count>``).
+  A rotation is a rename that other processes cannot see, so this mode is for a **single writer process**
+  (``workers = 1``, the CLI, tests).  With several gunicorn workers, give each worker its own file instead.
+- ``max_bytes == 0`` (never rotate in-process): the mode for **several processes appending to one file**.
+  Each process opens the file with ``O_APPEND`` and writes each line with a single ``write()``, so lines
+  from different workers interleave whole and are never split.  Rotation is left to ``logrotate`` (without
+  ``copytruncate``): the handler is a :class:`logging.handlers.WatchedFileHandler`, which notices that the
+  path now names a new file and reopens it before its next line, so no line is lost and no signal is needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from hsmkms.service.context import EMPTY_AAD
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 10_000
+MAX_FIELD_CHARS = 256  # a client controls some fields (Action); a junk request must not write a 64 KB line
+FILE_MODE = 0o600
+
+
+def utc_timestamp(when: float | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2024-05-01T12:34:56.789Z``."""
+    moment = datetime.fromtimestamp(time.time() if when is None else when, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def context_digest(aad: bytes | None) -> str:
+    """Hex SHA-256 of the canonical encryption-context bytes; ``""`` when there was none.
+
+    An absent context equals ``{}`` everywhere in the service, so the canonical empty context (``b"{}"``)
+    also gives ``""``.  The digest correlates requests without recording the context itself.
+    """
+    if aad is None or aad == b"" or aad == EMPTY_AAD:
+        return ""
+    return hashlib.sha256(aad).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditRecord:
+    """One request in the audit trail; the field names are the JSON keys.
+
+    ``outcome`` is the Alibaba error code, or ``"Success"``.  Absent values (no key for ListKeys, no access
+    key for an unsigned request) are ``""`` (``None`` is taken as ``""``).  String fields are cut to
+    ``MAX_FIELD_CHARS``.
+    """
+
+    time: str = field(default_factory=utc_timestamp)
+    request_id: str
+    access_key_id: str
+    source_ip: str
+    action: str
+    key_id: str = ""
+    key_version_id: str = ""
+    context_sha256: str = ""
+    outcome: str
+    http_status: int
+    latency_ms: float
+
+    def __post_init__(self) -> None:
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, "")
+            elif not isinstance(value, str):
+                raise TypeError(f"AuditRecord.{name} must be a str, not {type(value).__name__}")
+            elif len(value) > MAX_FIELD_CHARS:
+                object.__setattr__(self, name, value[:MAX_FIELD_CHARS])
+        object.__setattr__(self, "http_status", int(self.http_status))
+        object.__setattr__(self, "latency_ms", round(float(self.latency_ms), 3))
+
+    def to_json(self) -> str:
+        """The compact line, ASCII only: no raw newline or U+2028 can split it for a line-based reader."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(values, separators=(",", ":"), ensure_ascii=True)
+
+
+AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))
+_STR_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord) if f.type == "str")
+
+
+class _Queue(queue.Queue):
+    """A Queue whose join() can give up: flush() and close() must be bounded."""
+
+    def wait_done(self, timeout: float | None) -> bool:
+        with self.all_tasks_done:
+            return self.all_tasks_done.wait_for(lambda: not self.unfinished_tasks, timeout)
+
+
+class _PrivateFileMixin:
+    """Open the log file 0600 and append-only, also when a handler reopens it after a rotation."""
+
+    baseFilename: str
+    errors: str | None
+
+    def _open(self) -> IO[str]:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, FILE_MODE)  # a pre-existing file with looser permissions
+            return os.fdopen(fd, "a", encoding="utf-8", errors=self.errors)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # Into the server log rather than a bare traceback on stderr; the record is the audit line itself.
+        log.error("cannot write the audit log %s", self.baseFilename, exc_info=True)
+
+
+class _RotatingFile(_PrivateFileMixin, logging.handlers.RotatingFileHandler):
+    pass
+
+
+class _WatchedFile(_PrivateFileMixin, logging.handlers.WatchedFileHandler):
+    pass
+
+
+class _Writer(logging.handlers.QueueListener):
+    """The QueueListener with a named thread and a bounded wait for it."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._monitor, name="hsmkms-audit-writer", daemon=True)
+        self._thread.start()
+
+    def enqueue_sentinel_within(self, timeout: float | None) -> None:
+        """Like enqueue_sentinel, but waits for room in a full queue (raises queue.Full after timeout)."""
+        self.queue.put(self._sentinel, timeout=timeout)
+
+    def join(self, timeout: float | None) -> bool:
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+        self._thread = None
+        return True
+
+
+class AuditLog:
+    """Append audit records to ``path`` from a background thread; see the module docstring for rotation.
+
+    ``max_bytes=0`` never rotates (the mode for several processes, with logrotate); otherwise rotate at
+    ``max_bytes`` keeping ``backup_count`` (at least 1) old files.  ``handler`` is the file handler.
+    """
+
+    def __init__(self, path: Path | str, max_bytes: int = 0, backup_count: int = 5, *,
+                 queue_size: int = DEFAULT_QUEUE_SIZE):
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be 0 (never rotate) or positive")
+        if max_bytes > 0 and backup_count < 1:
+            raise ValueError("rotating (max_bytes > 0) needs backup_count >= 1")
+        if queue_size < 1:
+            raise ValueError("queue_size must be positive (the queue is bounded)")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dropped = 0
+        self._burst = 0  # records dropped since the last one that got through
+        self._closed = False
+        self._lock = threading.Lock()  # held only for non-blocking work: record() must never wait
+        self._close_lock = threading.Lock()
+        self._stopping = False  # the sentinel is queued
+        self._queue: _Queue = _Queue(queue_size)
+        self.handler: logging.FileHandler
+        if max_bytes > 0:
+            self.handler = _RotatingFile(self.path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8")
+        else:
+            self.handler = _WatchedFile(self.path, encoding="utf-8")
+        self._writer = _Writer(self._queue, self.handler)
+        self._writer.start()
+
+    def record(self, rec: AuditRecord) -> None:
+        """Queue ``rec`` for writing; never blocks.  A full queue or a closed log drops and counts it."""
+        item = logging.makeLogRecord({"msg": rec.to_json(), "levelno": logging.INFO, "levelname": "INFO"})
+        with self._lock:
+            closed, queued = self._closed, False
+            if not closed:
+                try:
+                    self._queue.put_nowait(item)
+                    queued = True
+                except queue.Full:
+                    pass
+            if queued:
+                warn_drop, ended_burst, self._burst = False, self._burst, 0
+            else:
+                self.dropped += 1
+                self._burst += 1
+                warn_drop, ended_burst = self._burst == 1, 0
+        if warn_drop:
+            reason = "is closed" if closed else f"queue is full ({self._queue.maxsize} records)"
+            log.warning("audit log %s %s: dropping audit records", self.path, reason)
+        if ended_burst:
+            log.warning("audit log %s: writing again after dropping %d record(s)", self.path, ended_burst)
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Wait until every queued record is written; False if ``timeout`` seconds were not enough."""
+        return self._queue.wait_done(timeout)
+
+    def close(self, timeout: float | None = 5.0) -> bool:
+        """Write what is queued, stop the writer and close the file; later records are dropped.
+
+        Returns False if the writer did not finish within ``timeout`` seconds (the file then stays open to
+        the still-running daemon thread).  Calling it again is harmless.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._closed = True  # from here on record() drops, so the sentinel is the last item queued
+        with self._close_lock:
+            if not self._stopping:
+                try:
+                    self._writer.enqueue_sentinel_within(timeout)
+                except queue.Full:
+                    log.warning("audit log %s: writer stalled, %d record(s) not written", self.path,
+                                self._queue.qsize())
+                    return False
+                self._stopping = True
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._writer.join(remaining):
+                log.warning("audit log %s: writer did not finish within %s s", self.path, timeout)
+                return False
+            self.handler.close()
+            return True
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
