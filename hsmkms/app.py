@@ -64,9 +64,9 @@ class Runtime:
 def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None,
                   clock: Callable[[], float] = time.time) -> Runtime:
     settings.apply_process_environment()
-    store = SqliteStore(settings.database_path)
+    store = SqliteStore(settings.database_path, settings.busy_timeout_ms)
     if hsm is None:
-        hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin)
+        hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds)
     watch = StoreWatch(store)
     identity = Identity(settings.region, settings.account_id)
     keys = KeyService(store, hsm, identity, watch, clock)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from hsmkms import provision
+from hsmkms import backup, provision
 from hsmkms.api.actions import iso_time, key_metadata
 from hsmkms.app import Runtime
+from hsmkms.backup import BackupError
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
 from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
@@ -46,7 +47,7 @@ def _operator_errors() -> Iterator[None]:
         yield
     except KmsError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
-    except (SettingsError, HsmError, StoreError) as exc:
+    except (SettingsError, HsmError, StoreError, BackupError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -285,6 +286,31 @@ def doctor(runtime: Runtime, repair: bool) -> None:
         click.echo("token and metadata are consistent")
     elif not repair:
         sys.exit(1)
+
+
+@main.command("backup")
+@config_option
+@click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="An empty or new directory for the backup.")
+def backup_command(config_path: Path | None, destination: Path) -> None:
+    """Copy the metadata database (online, consistent) and a managed SoftHSM token directory."""
+    settings = _settings(config_path)
+    with _operator_errors():
+        result = backup.backup(settings, destination)
+    click.echo(result.advice(settings))
+
+
+@main.command("restore")
+@config_option
+@click.option("--from", "source", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="A directory made by `hsmkms backup`.")
+@click.option("--force", is_flag=True, help="Replace the existing database (the server must be stopped).")
+def restore_command(config_path: Path | None, source: Path, force: bool) -> None:
+    """Put a backup back in place. Stop the server first; start it again afterwards."""
+    settings = _settings(config_path)
+    with _operator_errors():
+        for line in backup.restore(settings, source, force):
+            click.echo(line)
 
 
 @main.group("access-key")

@@ -40,12 +40,14 @@ class Settings:
     account_id: str = "1000000000000000"
     # [hsm]
     module: str = SOFTHSM_MODULE
+    hsm_wait_seconds: int = 10  # longest wait for the HSM before a request answers 503
     token_label: str = "hsmkms"
     pin_file: Path | None = None
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
     database: Path | None = None  # default: <data_dir>/hsmkms.db
+    busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
     # [audit]
@@ -116,8 +118,10 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "module"): "module",
     ("hsm", "token_label"): "token_label",
     ("hsm", "pin_file"): "pin_file",
+    ("hsm", "wait_seconds"): "hsm_wait_seconds",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
+    ("store", "busy_timeout_ms"): "busy_timeout_ms",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
     ("audit", "path"): "audit_path",
@@ -126,8 +130,8 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("log", "level"): "log_level",
 }
 _PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
-_INT_FIELDS = {"workers", "max_body_bytes", "clock_skew_seconds", "scheduler_interval_seconds", "audit_max_bytes",
-               "audit_backup_count"}
+_INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
+               "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -203,6 +207,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("workers must be 0 (one per core) or more")
     if settings.max_body_bytes < 1:
         raise SettingsError("max_body_bytes must be positive")
+    if settings.busy_timeout_ms < 1 or settings.hsm_wait_seconds < 1:
+        raise SettingsError("[store] busy_timeout_ms and [hsm] wait_seconds must be positive")
     if settings.audit_max_bytes < 0 or settings.audit_backup_count < 0:
         raise SettingsError("[audit] max_bytes and backup_count must be 0 or more")
     if settings.audit_max_bytes and settings.workers != 1:

@@ -19,8 +19,9 @@ class HsmUnavailable(HsmError):
     """The token cannot be reached: not present, not logged in, session lost, device error."""
 
 
-class HsmKeyMissing(HsmError):
-    """No key object with the requested id exists in the token."""
+class HsmKeyMissing(HsmUnavailable):
+    """No key object with the requested id is in the token: for a live key, the token is not what it should be
+    (restored from an old backup, or gone), so callers see it as unavailability, not as their fault."""
 
 
 class HsmAuthFailed(HsmError):

@@ -18,7 +18,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import pkcs11
@@ -46,18 +47,6 @@ GCM_TAG_BITS = 128
 RECONNECT_INTERVAL_S = 1.0
 
 _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired, p11.PinLenRange)
-_UNAVAILABLE_ERRORS = (
-    p11.TokenNotPresent,
-    p11.TokenNotRecognised,
-    p11.NoSuchToken,
-    p11.DeviceRemoved,
-    p11.DeviceError,
-    p11.DeviceMemory,
-    p11.SessionClosed,
-    p11.SessionHandleInvalid,
-    p11.UserNotLoggedIn,
-    p11.SlotIDInvalid,
-)
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
 _TAG_MISMATCH_ERRORS = (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
 
@@ -102,10 +91,14 @@ def master_key_template(object_id: str, label: str) -> dict:
 class Pkcs11Backend:
     """One logged-in session per process, every call serialised by a lock."""
 
-    def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str]):
+    def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
+                 wait_seconds: float = 10.0):
         self._module_path = module_path
         self._token_label = token_label
         self._pin_source = pin_source  # called only when logging in; the PIN is never stored here
+        # A PKCS#11 call cannot be interrupted; when one hangs (an HSM gone from the network), the others
+        # give up waiting for the lock after this long instead of hanging with it.
+        self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._lib = None
@@ -115,26 +108,36 @@ class Pkcs11Backend:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._lock.acquire(timeout=self._wait_seconds):
+            raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def open(self) -> None:
-        with self._lock:
+        with self._locked():
             self._ensure_session()
 
     def close(self) -> None:
-        with self._lock:
+        with self._locked():
             self._drop_session(finalize=True)
 
     def ping(self) -> bool:
+        """The token answers: its RNG works and a known key object is still there (cheap enough for /readyz)."""
+
+        def probe(session) -> None:
+            session.generate_random(8)
+            for key in self._keys.values():
+                key[Attribute.LABEL]  # a handle SoftHSM invalidated (token gone) raises here
+                break
+
         try:
-            with self._lock:
-                session = self._ensure_session()
-                # C_GetSessionInfo would do, but python-pkcs11 does not expose it; one RNG byte is as cheap.
-                session.generate_random(8)
+            self._call(probe)
             return True
         except HsmError:
-            return False
-        except p11.PKCS11Error:
-            with self._lock:
-                self._drop_session(finalize=True)
             return False
 
     def _ensure_session(self):
@@ -144,18 +147,18 @@ class Pkcs11Backend:
             return self._session
         if self._pid != pid:
             # A forked child inherits the parent's Python objects but not a usable library state.
-            self._lib, self._session, self._keys = None, None, {}
+            self._lib, self._session, self._keys, self._pid = None, None, {}, pid
         now = time.monotonic()
         if self._last_failure and now - self._last_failure < RECONNECT_INTERVAL_S:
             raise HsmUnavailable("the HSM was unavailable moments ago; retrying shortly")
         try:
             self._session = self._login()
-        except Exception:
+            self._keys = self._enumerate_keys(self._session)
+        except BaseException:
+            self._drop_session(finalize=True)  # a later attempt starts from a fresh C_Initialize
             self._last_failure = now
             raise
-        self._pid = pid
         self._last_failure = 0.0
-        self._keys = self._enumerate_keys(self._session)
         return self._session
 
     def _login(self):
@@ -177,28 +180,63 @@ class Pkcs11Backend:
 
     def _drop_session(self, finalize: bool) -> None:
         session, self._session, self._keys = self._session, None, {}
-        if session is not None and self._pid == os.getpid():
+        if self._pid != os.getpid():
+            return  # the parent's objects: nothing of them is ours to close
+        if session is not None:
             try:
                 session.close()
             except Exception:  # the session may already be gone with the device
                 pass
-            if finalize and self._lib is not None:
-                try:
-                    self._lib.finalize()
-                except Exception:
-                    pass
-
-    def _call(self, operation: Callable[[object], T]) -> T:
-        """Run ``operation(session)`` under the lock, translating loss of the token."""
-        with self._lock:
-            session = self._ensure_session()
+        if finalize and self._lib is not None and self._lib.initialized:
             try:
-                return operation(session)
-            except _UNAVAILABLE_ERRORS as exc:
-                log.error("HSM became unavailable: %s", type(exc).__name__)
-                self._drop_session(finalize=True)
-                self._last_failure = time.monotonic()
-                raise HsmUnavailable(type(exc).__name__) from exc
+                self._lib.finalize()
+            except Exception:
+                pass
+
+    def _call(self, operation: Callable[[object], T], missing_key_is_fault: bool = False) -> T:
+        """Run ``operation(session)`` under the lock.
+
+        Any PKCS#11 failure other than a failed tag check is treated as trouble with the HSM: the session is
+        dropped and the library finalised.  When the failing session was an old one, the call reconnects at
+        once and tries again (the device may be back and only this session stale); otherwise later calls
+        reconnect after RECONNECT_INTERVAL_S -- which is how a token that went away and came back is picked
+        up again without a restart.  A key object that cannot be found is that kind of trouble when the
+        token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
+        its own calls.
+        """
+        with self._locked():
+            for attempt in (1, 2):
+                was_open = self._session is not None
+                session = None
+                try:
+                    session = self._ensure_session()
+                    return operation(session)
+                except DecryptionFailed:
+                    raise
+                except HsmKeyMissing as exc:
+                    if not missing_key_is_fault or session is None or self._rescan(session):
+                        raise
+                    failure: Exception = exc
+                except p11.PKCS11Error as exc:
+                    failure = exc
+                self._fault(type(failure).__name__)
+                if not was_open or attempt == 2:
+                    raise HsmUnavailable(f"HSM call failed: {type(failure).__name__}") from failure
+                self._last_failure = 0.0  # the session was stale: reconnect now, once
+        raise AssertionError("unreachable")
+
+    def _fault(self, what: str) -> None:
+        log.error("HSM fault (%s): closing the session; reconnecting", what)
+        self._drop_session(finalize=True)
+        self._last_failure = time.monotonic()
+
+    def _rescan(self, session) -> int:
+        """Refresh the handle cache; the number of hsmkms objects the token shows (0: it is not there)."""
+        try:
+            self._keys = self._enumerate_keys(session)
+        except p11.PKCS11Error:
+            self._keys = {}
+        return len(self._keys)
 
     # --- key objects -------------------------------------------------------------------------------------
 
@@ -223,6 +261,8 @@ class Pkcs11Backend:
         return key
 
     def _with_key(self, object_id: str, operation: Callable[[object], T]) -> T:
+        """Run ``operation(key)`` on the object with this id (the handle from the cache)."""
+
         def run(session):
             try:
                 return operation(self._key(session, object_id))
@@ -231,7 +271,7 @@ class Pkcs11Backend:
                 self._keys.pop(object_id, None)
                 return operation(self._key(session, object_id))
 
-        return self._call(run)
+        return self._call(run, missing_key_is_fault=True)
 
     def create_aes_key(self, object_id: str, label: str) -> None:
         if not label.startswith(LABEL_PREFIX):
@@ -243,7 +283,7 @@ class Pkcs11Backend:
             )
             self._keys[object_id] = key
 
-        self._translated(generate)
+        self._call(generate)
 
     def destroy_key(self, object_id: str) -> None:
         def destroy(session):
@@ -254,12 +294,7 @@ class Pkcs11Backend:
             key.destroy()
             self._keys.pop(object_id, None)
 
-        self._translated(destroy)
-
-    def forget_key(self, object_id: str) -> None:
-        """Drop a cached handle (the object was destroyed by another process)."""
-        with self._lock:
-            self._keys.pop(object_id, None)
+        self._call(destroy)
 
     def has_key(self, object_id: str) -> bool:
         def probe(session):
@@ -269,14 +304,14 @@ class Pkcs11Backend:
             except HsmKeyMissing:
                 return False
 
-        return self._translated(probe)
+        return self._call(probe)
 
     def list_key_ids(self) -> dict[str, str]:
         def enumerate_all(session):
             self._keys = self._enumerate_keys(session)
             return {object_id: key[Attribute.LABEL] for object_id, key in self._keys.items()}
 
-        return self._translated(enumerate_all)
+        return self._call(enumerate_all)
 
     def key_info(self, object_id: str) -> KeyObjectInfo:
         def read(key) -> KeyObjectInfo:
@@ -300,16 +335,16 @@ class Pkcs11Backend:
                 key_bits=key[a.VALUE_LEN] * 8,
             )
 
-        return self._translated_key(object_id, read)
+        return self._with_key(object_id, read)
 
     # --- cryptography ------------------------------------------------------------------------------------
 
     def random(self, length: int) -> bytes:
-        return self._translated(lambda session: session.generate_random(length * 8))
+        return self._call(lambda session: session.generate_random(length * 8))
 
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         params = GCMParams(iv, aad, GCM_TAG_BITS)
-        return self._translated_key(
+        return self._with_key(
             object_id, lambda key: key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params)
         )
 
@@ -322,25 +357,7 @@ class Pkcs11Backend:
             except _TAG_MISMATCH_ERRORS as exc:
                 raise DecryptionFailed() from exc
 
-        return self._translated_key(object_id, decrypt)
-
-    # --- error translation -------------------------------------------------------------------------------
-
-    def _translated(self, operation: Callable[[object], T]) -> T:
-        try:
-            return self._call(operation)
-        except (HsmError, DecryptionFailed):
-            raise
-        except p11.PKCS11Error as exc:
-            raise HsmError(f"PKCS#11 call failed: {type(exc).__name__}") from exc
-
-    def _translated_key(self, object_id: str, operation: Callable[[object], T]) -> T:
-        try:
-            return self._with_key(object_id, operation)
-        except (HsmError, DecryptionFailed):
-            raise
-        except p11.PKCS11Error as exc:
-            raise HsmError(f"PKCS#11 call failed: {type(exc).__name__}") from exc
+        return self._with_key(object_id, decrypt)
 
 
 # --- token provisioning (SoftHSM and other tokens that can be initialised through PKCS#11) ---------------

@@ -150,8 +150,8 @@ class KeyService:
         try:
             self.hsm.destroy_key(version_id)
             self.store.finish_object(version_id)
-        except Exception:
-            log.exception("could not undo HSM object %s; recovery will remove it", version_id)
+        except Exception as exc:  # the HSM or the store is failing right now; the journal remembers
+            log.error("could not undo HSM object %s (%s); recovery will remove it", version_id, exc)
 
     # --- lookup ------------------------------------------------------------------------------------------
 

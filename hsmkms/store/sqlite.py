@@ -27,7 +27,7 @@ from hsmkms.store.base import (
     VersionRecord,
 )
 
-BUSY_TIMEOUT_MS = 5000
+DEFAULT_BUSY_TIMEOUT_MS = 5000
 
 # Append only: each entry moves the schema from version N to N+1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -136,8 +136,10 @@ def _key(row) -> KeyRecord:
 
 
 class SqliteStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
         self.path = Path(path)
+        # How long a write waits for another process's write lock before the request fails with a 503.
+        self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
         self._watch_lock = threading.Lock()
         self._watcher: sqlite3.Connection | None = None
@@ -146,9 +148,9 @@ class SqliteStore:
     # --- connections -------------------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
                                check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=FULL")
         return conn
@@ -215,6 +217,20 @@ class SqliteStore:
             if self._watcher is not None and self._watcher_pid == os.getpid():
                 self._watcher.close()
             self._watcher = None
+
+    def backup(self, destination: Path) -> None:
+        """A consistent copy of the database while it is in use (SQLite's online backup, one snapshot)."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with self._errors():
+            target = sqlite3.connect(destination)
+            try:
+                self._conn.backup(target)
+            finally:
+                target.close()
+        os.chmod(destination, 0o600)
+
+    def integrity_ok(self) -> bool:
+        return self._read("PRAGMA integrity_check")[0][0] == "ok"
 
     def ping(self) -> bool:
         try:
