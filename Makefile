@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_CONFIG := config/dev.toml
 
-.PHONY: run test system-deps venv clean
+.PHONY: run test soak system-deps venv clean
 
 TLS_ENV := $(if $(TLS),HSMKMS_SERVER_TLS_CERTIFICATE=var/tls/server.pem HSMKMS_SERVER_TLS_KEY=var/tls/server-key.pem)
 
@@ -18,6 +18,11 @@ run: system-deps venv
 
 test: system-deps venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Load with verification: 64 clients for 60 s, restart, decrypt every blob; SOAK_ARGS="--crashes 3" kills
+# the server at random moments too.  Bounded in time and count, loopback only.
+soak: system-deps venv
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
 
 system-deps:
 	@scripts/install-system-deps.sh

@@ -50,6 +50,8 @@ class Settings:
     busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
+    # [metrics]
+    metrics_listen: str = ""  # host:port of a separate listener for /metrics, /healthz, /readyz; "" = main one
     # [audit]
     audit_path: Path | None = None  # default: <data_dir>/audit.log
     audit_max_bytes: int = 0  # 0: never rotate in-process (use logrotate); > 0 needs workers = 1
@@ -79,8 +81,11 @@ class Settings:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return _host_port(self.listen)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int]:
+        return _host_port(self.metrics_listen)
 
     def read_pin(self) -> str:
         """The token PIN, from the environment or the PIN file.  Never logged, never stored elsewhere."""
@@ -105,6 +110,11 @@ class Settings:
             os.environ["SOFTHSM2_CONF"] = str(self.softhsm_conf_path)
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 # (TOML section, key) -> Settings field.  The environment name is derived from the first two.
 _FIELDS: dict[tuple[str, str], str] = {
     ("", "data_dir"): "data_dir",
@@ -124,6 +134,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
+    ("metrics", "listen"): "metrics_listen",
     ("audit", "path"): "audit_path",
     ("audit", "max_bytes"): "audit_max_bytes",
     ("audit", "backup_count"): "audit_backup_count",
@@ -195,12 +206,17 @@ def load(path: str | os.PathLike | None = None, environ: dict[str, str] | None =
 
 
 def _validate(settings: Settings) -> None:
-    try:
-        _, port = settings.listen_host_port
-    except ValueError:
-        raise SettingsError(f"listen must be HOST:PORT, not {settings.listen!r}") from None
-    if not 0 <= port <= 65535:
-        raise SettingsError(f"listen port out of range: {port}")
+    for name, address in (("listen", settings.listen), ("[metrics] listen", settings.metrics_listen)):
+        if name != "listen" and not address:
+            continue
+        try:
+            host, port = _host_port(address)
+        except ValueError:
+            raise SettingsError(f"{name} must be HOST:PORT, not {address!r}") from None
+        if not host or not 0 <= port <= 65535:
+            raise SettingsError(f"{name} must be HOST:PORT, not {address!r}")
+    if settings.metrics_listen and settings.metrics_host_port[1] == settings.listen_host_port[1]:
+        raise SettingsError("[metrics] listen must use another port than [server] listen")
     if (settings.tls_certificate is None) != (settings.tls_key is None):
         raise SettingsError("[server] tls_certificate and tls_key go together")
     if settings.workers < 0:

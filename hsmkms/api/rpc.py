@@ -33,6 +33,7 @@ from hsmkms.errors import (
     ServiceUnavailable,
 )
 from hsmkms.hsm.backend import HsmUnavailable
+from hsmkms.metrics import Metrics
 from hsmkms.service.context import canonical_aad
 from hsmkms.service.watch import StoreWatch
 from hsmkms.store.base import StoreError
@@ -63,11 +64,13 @@ class Trail:
 
 
 class RpcEndpoint:
-    def __init__(self, services: Services, authenticator: Authenticator, watch: StoreWatch, audit: AuditLog):
+    def __init__(self, services: Services, authenticator: Authenticator, watch: StoreWatch, audit: AuditLog,
+                 metrics: Metrics):
         self.services = services
         self.authenticator = authenticator
         self.watch = watch
         self.audit = audit
+        self.metrics = metrics
 
     def __call__(self) -> Response:
         trail = Trail(str(uuid.uuid4()), time.perf_counter())
@@ -84,6 +87,8 @@ class RpcEndpoint:
             log.exception("request %s failed", trail.request_id)
             err = InternalFailure()
             outcome, response = err.code, render.error(err, trail.request_id, host_id())
+        seconds = time.perf_counter() - trail.started
+        self.metrics.request(trail.action, outcome, seconds)
         self.audit.record(AuditRecord(
             request_id=trail.request_id,
             access_key_id=trail.access_key_id,
@@ -94,7 +99,7 @@ class RpcEndpoint:
             context_sha256=trail.context_sha256,
             outcome=outcome,
             http_status=response.status_code,
-            latency_ms=round((time.perf_counter() - trail.started) * 1000, 3),
+            latency_ms=round(seconds * 1000, 3),
         ))
         return response
 

@@ -8,18 +8,22 @@ Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
 - A second login in one process fails (UserAlreadyLoggedIn): log in once, keep one session.
 - Object searches grow linearly with the token's size: handles are cached, warmed by one enumeration
   at open, and never searched for on the hot path.
+- Several processes on one SoftHSM token directory need a file lock around object creation (see the class)
+  and a re-initialisation to see objects another process made (see ``_call``); both were found by the soak.
 - A GCM tag mismatch (wrong AAD, tampered data) surfaces as CKR_GENERAL_ERROR.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pkcs11
@@ -89,33 +93,66 @@ def master_key_template(object_id: str, label: str) -> dict:
 
 
 class Pkcs11Backend:
-    """One logged-in session per process, every call serialised by a lock."""
+    """One logged-in session per process; calls serialised by a thread lock, and coordinated across processes
+    sharing the token by a file lock (``lock_path``): shared for every call, exclusive while an object is
+    created or destroyed.  SoftHSM's file store is not safe otherwise: a process that lists the token while
+    another writes an object file can read it half-written."""
 
     def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
-                 wait_seconds: float = 10.0):
+                 wait_seconds: float = 10.0, lock_path: Path | None = None):
         self._module_path = module_path
         self._token_label = token_label
         self._pin_source = pin_source  # called only when logging in; the PIN is never stored here
         # A PKCS#11 call cannot be interrupted; when one hangs (an HSM gone from the network), the others
-        # give up waiting for the lock after this long instead of hanging with it.
+        # give up waiting after this long instead of hanging with it.
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
+        self._lock_path = lock_path
+        self._lock_file = None  # opened per process: a file lock is shared with a forked child otherwise
+        self._lock_file_pid: int | None = None
         self._pid: int | None = None
         self._lib = None
         self._session = None
         self._keys: dict[str, object] = {}
         self._last_failure = 0.0
 
-    # --- lifecycle ---------------------------------------------------------------------------------------
+    # --- locking -----------------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, exclusive: bool = False) -> Iterator[None]:
+        deadline = time.monotonic() + self._wait_seconds
         if not self._lock.acquire(timeout=self._wait_seconds):
             raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
         try:
-            yield
+            with self._process_lock(exclusive, deadline):
+                yield
         finally:
             self._lock.release()
+
+    @contextmanager
+    def _process_lock(self, exclusive: bool, deadline: float) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_file_pid != os.getpid():
+            self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 -- held for the process's life
+            self._lock_file_pid = os.getpid()
+        lock_file = self._lock_file
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        while True:
+            try:
+                fcntl.flock(lock_file, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise HsmUnavailable("another process has held the HSM for too long") from None
+                time.sleep(0.0005)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
 
     def open(self) -> None:
         with self._locked():
@@ -193,18 +230,22 @@ class Pkcs11Backend:
             except Exception:
                 pass
 
-    def _call(self, operation: Callable[[object], T], missing_key_is_fault: bool = False) -> T:
-        """Run ``operation(session)`` under the lock.
+    def _call(self, operation: Callable[[object], T], missing_key_is_fault: bool = False,
+              exclusive: bool = False) -> T:
+        """Run ``operation(session)`` under the locks.
 
-        Any PKCS#11 failure other than a failed tag check is treated as trouble with the HSM: the session is
-        dropped and the library finalised.  When the failing session was an old one, the call reconnects at
-        once and tries again (the device may be back and only this session stale); otherwise later calls
-        reconnect after RECONNECT_INTERVAL_S -- which is how a token that went away and came back is picked
-        up again without a restart.  A key object that cannot be found is that kind of trouble when the
-        token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
-        its own calls.
+        - An object id that cannot be found is looked for once more after a fresh C_Initialize: SoftHSM
+          2.6.1 does not always notice objects another process created (a process that writes the token
+          itself can miss the other's changes), and a re-initialisation reads the token anew.
+        - Any other PKCS#11 failure but a failed tag check is trouble with the HSM: the session is dropped
+          and the library finalised.  When the failing session was an old one, the call reconnects at once
+          and tries again; otherwise later calls reconnect after RECONNECT_INTERVAL_S.  That is how a token
+          that went away and came back is picked up again without a restart.
+        - For crypto calls (``missing_key_is_fault``), a key still missing after that is HSM trouble when the
+          token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
+          its own calls.
         """
-        with self._locked():
+        with self._locked(exclusive):
             for attempt in (1, 2):
                 was_open = self._session is not None
                 session = None
@@ -214,7 +255,10 @@ class Pkcs11Backend:
                 except DecryptionFailed:
                     raise
                 except HsmKeyMissing as exc:
-                    if not missing_key_is_fault or session is None or self._rescan(session):
+                    if attempt == 1:
+                        self._drop_session(finalize=True)
+                        continue
+                    if not missing_key_is_fault or session is None or self._keys:
                         raise
                     failure: Exception = exc
                 except p11.PKCS11Error as exc:
@@ -230,23 +274,18 @@ class Pkcs11Backend:
         self._drop_session(finalize=True)
         self._last_failure = time.monotonic()
 
-    def _rescan(self, session) -> int:
-        """Refresh the handle cache; the number of hsmkms objects the token shows (0: it is not there)."""
-        try:
-            self._keys = self._enumerate_keys(session)
-        except p11.PKCS11Error:
-            self._keys = {}
-        return len(self._keys)
-
     # --- key objects -------------------------------------------------------------------------------------
 
     @staticmethod
     def _enumerate_keys(session) -> dict[str, object]:
         keys = {}
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
-            label = obj[Attribute.LABEL]
+            try:
+                label, object_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
+            except _STALE_HANDLE_ERRORS:
+                continue  # gone while we listed
             if label.startswith(LABEL_PREFIX):
-                keys[bytes(obj[Attribute.ID]).decode("ascii", "replace")] = obj
+                keys[object_id.decode("ascii", "replace")] = obj
         return keys
 
     def _key(self, session, object_id: str):
@@ -260,7 +299,8 @@ class Pkcs11Backend:
             self._keys[object_id] = key
         return key
 
-    def _with_key(self, object_id: str, operation: Callable[[object], T]) -> T:
+    def _with_key(self, object_id: str, operation: Callable[[object], T], missing_key_is_fault: bool = True,
+                  exclusive: bool = False) -> T:
         """Run ``operation(key)`` on the object with this id (the handle from the cache)."""
 
         def run(session):
@@ -271,7 +311,7 @@ class Pkcs11Backend:
                 self._keys.pop(object_id, None)
                 return operation(self._key(session, object_id))
 
-        return self._call(run, missing_key_is_fault=True)
+        return self._call(run, missing_key_is_fault=missing_key_is_fault, exclusive=exclusive)
 
     def create_aes_key(self, object_id: str, label: str) -> None:
         if not label.startswith(LABEL_PREFIX):
@@ -283,28 +323,24 @@ class Pkcs11Backend:
             )
             self._keys[object_id] = key
 
-        self._call(generate)
+        self._call(generate, exclusive=True)
 
     def destroy_key(self, object_id: str) -> None:
-        def destroy(session):
-            try:
-                key = self._key(session, object_id)
-            except HsmKeyMissing:
-                return
+        def destroy(key) -> None:
             key.destroy()
             self._keys.pop(object_id, None)
 
-        self._call(destroy)
+        try:
+            self._with_key(object_id, destroy, missing_key_is_fault=False, exclusive=True)
+        except HsmKeyMissing:
+            pass  # already gone
 
     def has_key(self, object_id: str) -> bool:
-        def probe(session):
-            try:
-                self._key(session, object_id)
-                return True
-            except HsmKeyMissing:
-                return False
-
-        return self._call(probe)
+        try:
+            self._with_key(object_id, lambda key: None, missing_key_is_fault=False)
+            return True
+        except HsmKeyMissing:
+            return False
 
     def list_key_ids(self) -> dict[str, str]:
         def enumerate_all(session):

@@ -261,7 +261,12 @@ class KeyService:
             version = self.rotate(key)
             if version is not None:
                 return version
-            key = self.usable(key.key_id, "CreateKeyVersion")  # changed meanwhile: look again
+            # Another process changed the key meanwhile (rotated it): read it again from the store itself,
+            # since this process's cache may not have seen that change yet.
+            key = self.store.get_key(key.key_id)
+            if key is None:
+                raise KeyNotFound()
+            states.check("CreateKeyVersion", key.state)
         raise StateModifiedFailed()
 
     def rotate(self, key: KeyRecord) -> VersionRecord | None:
