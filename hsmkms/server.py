@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 
 from gunicorn.app.base import BaseApplication
 
 from hsmkms.app import build_runtime, create_app
+from hsmkms.metrics import MULTIPROC_ENV
 from hsmkms.scheduler import Scheduler
 from hsmkms.settings import Settings
 
@@ -65,10 +67,20 @@ def _worker_exit(server, worker) -> None:
         audit.close()
 
 
+def prepare_metrics_directory(settings: Settings) -> None:
+    """Workers write their counters to files here and /metrics adds them up (prometheus multiprocess mode).
+    Set before any worker starts; emptied so that counts start at zero with the server."""
+    directory = settings.data_dir / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    os.environ[MULTIPROC_ENV] = str(directory)
+
+
 def serve(settings: Settings) -> None:
     preflight(settings)
+    prepare_metrics_directory(settings)
     options = {
-        "bind": settings.listen,
+        "bind": [settings.listen, *([settings.metrics_listen] if settings.metrics_listen else [])],
         "workers": worker_count(settings),
         "worker_class": "gthread",
         "threads": 4,

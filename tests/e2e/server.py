@@ -73,6 +73,7 @@ class LiveServer:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict, repr=False)  # extra environment (a PIN, TLS files)
     ca: Path | None = None  # set when serving HTTPS
+    ops_url: str | None = None  # the [metrics] listener, when there is one
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -101,7 +102,8 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2, context=context) as response:
+                with urllib.request.urlopen((self.ops_url or self.url) + "/readyz", timeout=2,
+                                            context=context) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -125,7 +127,7 @@ class LiveServer:
 
 
 def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: str | None = None,
-                     tls: bool = False) -> LiveServer:
+                     tls: bool = False, ops_port: int | None = None) -> LiveServer:
     """Configure and provision (``hsmkms dev-setup``) a server; the caller starts it.
 
     ``pin``: give the token PIN through HSMKMS_HSM_PIN instead of a PIN file.  ``tls``: serve HTTPS with a
@@ -133,6 +135,8 @@ def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: 
     """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    if ops_port is not None:
+        extra_config += f'\n[metrics]\nlisten = "127.0.0.1:{ops_port}"\n'
     config = write_config(root, port, workers, extra_config, pin_file=pin is None)
     credentials = root / "credentials.json"
     env = {"HSMKMS_HSM_PIN": pin} if pin else {}
@@ -146,4 +150,5 @@ def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: 
                 "HSMKMS_SERVER_TLS_KEY": str(tls_dir / "server-key.pem")}
         ca = tls_dir / "ca.pem"
     return LiveServer(root, config, port, facts["AccessKeyId"], facts["AccessKeySecret"], facts["KeyAlias"],
-                      root / "server.log", env=env, ca=ca)
+                      root / "server.log", env=env, ca=ca,
+                      ops_url=f"http://127.0.0.1:{ops_port}" if ops_port is not None else None)

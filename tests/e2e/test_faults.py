@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.client
+import re
 import shutil
 import signal
 import sqlite3
@@ -188,10 +189,22 @@ def test_real_token_made_unavailable_mid_run(tmp_path):
         finally:
             shutil.rmtree(tokens)
             shutil.move(away, tokens)
-        assert eventually(lambda: ready(live.endpoint) and ready(live.endpoint))
-        for _ in range(4):
-            assert client.call("Decrypt", CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"] == \
-                data_key["Plaintext"]
+        # Every worker reconnects by itself, at most RECONNECT_INTERVAL_S after its last failed attempt.
+        def serves() -> bool:
+            try:
+                return all(client.call("Decrypt", CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"]
+                           == data_key["Plaintext"] for _ in range(6))
+            except ApiError:
+                return False
+
+        assert eventually(serves, 20)
+        assert ready(live.endpoint) and ready(live.endpoint)
+        with urllib.request.urlopen(live.url + "/metrics", timeout=30) as response:
+            metrics = response.read().decode()
+        refusals = re.search(r'hsmkms_requests_total\{action="Decrypt",code="ServiceUnavailableTemporary"\} (\S+)',
+                             metrics)
+        assert refusals and float(refusals.group(1)) >= 4
+        assert re.search(r'hsmkms_hsm_errors_total\{[^}]*operation="decrypt"[^}]*\} [1-9]', metrics)
     finally:
         assert live.stop() == 0
     # Each failed request was a 503 with its cause logged; nothing else went wrong.

@@ -1,0 +1,82 @@
+"""/metrics, /healthz and /readyz: Prometheus figures summed over every worker, on their own listener."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import make_sdk
+from tests.e2e.server import free_port, provision_server
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def sample(metrics: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics.splitlines():
+        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
+        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory):
+    live = provision_server(tmp_path_factory.mktemp("ops"), workers=2, ops_port=free_port())
+    live.start()
+    yield live, live.ops_url
+    assert live.stop() == 0, live.log()
+
+
+def test_metrics_add_up_every_worker(observed):
+    live, ops = observed
+    client = make_sdk("tea-v3", live)
+    for _ in range(20):
+        data_key = client.call("GenerateDataKey", KeyId=live.alias)
+        client.call("Decrypt", CiphertextBlob=data_key["CiphertextBlob"])
+    with pytest.raises(Exception):
+        client.call("DescribeKey", KeyId="alias/absent")
+    status, content_type, metrics = fetch(ops + "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    assert sample(metrics, "hsmkms_requests_total", action="GenerateDataKey", code="Success") == 20
+    assert sample(metrics, "hsmkms_requests_total", action="Decrypt", code="Success") == 20
+    assert sample(metrics, "hsmkms_requests_total", action="DescribeKey", code="Forbidden.AliasNotFound") == 1
+    assert sample(metrics, "hsmkms_request_duration_seconds_count", action="GenerateDataKey") == 20
+    assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="encrypt") >= 20
+    assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="decrypt") >= 20
+    assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="random") >= 20
+
+
+def test_made_up_actions_share_one_label(observed):
+    live, ops = observed
+    for name in ("Nope1", "Nope2", "Nope3"):
+        fetch(f"{live.url}/?Action={name}&Version=2016-01-20")
+    metrics = fetch(ops + "/metrics")[2]
+    assert sample(metrics, "hsmkms_requests_total", action="unknown", code="InvalidAction.NotFound") == 3
+    assert "Nope1" not in metrics
+
+
+def test_health_and_readiness_on_the_operations_listener(observed):
+    live, ops = observed
+    assert fetch(ops + "/healthz")[0] == 200
+    status, _, body = fetch(ops + "/readyz")
+    assert status == 200 and json.loads(body) == {"hsm": True, "store": True}
+
+
+def test_listeners_are_kept_apart(observed):
+    live, ops = observed
+    for path in ("/metrics", "/healthz", "/readyz"):
+        status, content_type, body = fetch(live.url + path)
+        assert (status, json.loads(body)["Code"]) == (400, "InvalidAction.NotFound"), path
+    status, _, body = fetch(ops + "/?Action=DescribeKey&Version=2016-01-20")
+    assert (status, json.loads(body)["Code"]) == (400, "InvalidAction.NotFound")
