@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.conftest import make_sdk
+from tests.e2e.sdk import ApiError
 from tests.e2e.server import free_port, provision_server
 
 
@@ -44,7 +45,7 @@ def test_metrics_add_up_every_worker(observed):
     for _ in range(20):
         data_key = client.call("GenerateDataKey", KeyId=live.alias)
         client.call("Decrypt", CiphertextBlob=data_key["CiphertextBlob"])
-    with pytest.raises(Exception):
+    with pytest.raises(ApiError):
         client.call("DescribeKey", KeyId="alias/absent")
     status, content_type, metrics = fetch(ops + "/metrics")
     assert status == 200 and content_type.startswith("text/plain")
