@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_CONFIG := config/dev.toml
 
-.PHONY: run test soak system-deps venv clean
+.PHONY: run test soak fuzz bench system-deps venv clean
 
 TLS_ENV := $(if $(TLS),HSMKMS_SERVER_TLS_CERTIFICATE=var/tls/server.pem HSMKMS_SERVER_TLS_KEY=var/tls/server-key.pem)
 
@@ -23,6 +23,16 @@ test: system-deps venv
 # the server at random moments too.  Bounded in time and count, loopback only.
 soak: system-deps venv
 	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+# Hypothesis over every action and over raw HTTP, 5000 examples a test (make test runs 25 of each).
+fuzz: system-deps venv
+	HSMKMS_FUZZ=long $(BIN)/python -m pytest tests/fuzz $(PYTEST_ARGS)
+
+# The benchmark (wrk against the production server, pre-signed requests); figures in var/bench/.
+bench: venv
+	@scripts/install-system-deps.sh wrk
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
 
 system-deps:
 	@scripts/install-system-deps.sh

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from hsmkms.api import render
 from hsmkms.api.actions import ACTIONS, Services
 from hsmkms.api.auth import Authenticator
-from hsmkms.api.rpc import RpcEndpoint, host_id
+from hsmkms.api.rpc import RpcEndpoint, host_id, new_request_id
 from hsmkms.audit import AuditLog
 from hsmkms.errors import (
     InternalFailure,
@@ -86,63 +85,71 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 
-def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Flask:
+class Application:
+    """The WSGI application: requests for ``/`` go straight to the RPC endpoint, everything else to Flask
+    (health, readiness and metrics, and the Alibaba-shaped answers for unknown paths)."""
+
+    def __init__(self, rpc: RpcEndpoint, flask_app: Flask, runtime: Runtime, audit: AuditLog, metrics: Metrics):
+        self.rpc = rpc
+        self.flask = flask_app
+        self.runtime = runtime
+        self.audit = audit
+        self.metrics = metrics
+
+    def __call__(self, environ: dict, start_response: Callable):
+        if environ.get("PATH_INFO") == "/":
+            return self.rpc(environ, start_response)
+        return self.flask(environ, start_response)
+
+    def close(self) -> None:
+        """Write out the audit trail (at worker exit)."""
+        self.audit.close()
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Application:
     metrics = Metrics(set(ACTIONS))
     runtime = runtime or build_runtime(settings, metrics=metrics)
-    app = Flask("hsmkms")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["hsmkms"] = runtime
-
     # Request freshness is judged by the wall clock; the runtime's clock (injectable for tests) drives
     # the key lifecycle.
     authenticator = Authenticator(runtime.services.access_keys.credential, runtime.nonces, time.time,
                                   settings.clock_skew_seconds)
     # The audit writer is a thread: made here, in the serving process, after any fork.
     audit = AuditLog(settings.audit_log_path, settings.audit_max_bytes, settings.audit_backup_count)
-    app.extensions["hsmkms_audit"] = audit
-    endpoint = RpcEndpoint(runtime.services, authenticator, runtime.watch, audit, metrics)
+    endpoint = RpcEndpoint(runtime.services, authenticator, runtime.watch, audit, metrics, settings.max_body_bytes)
+    flask_app = _operations_app(settings, runtime, metrics)
+    return Application(endpoint, flask_app, runtime, audit, metrics)
 
-    # With a separate operations listener ([metrics] listen), /metrics, /healthz and /readyz are answered
-    # there only, and the KMS API only on the main listener.
-    ops_port = str(settings.metrics_host_port[1]) if settings.metrics_listen else None
 
-    def operations(view: Callable[[], Response]) -> Callable[[], Response]:
-        def guarded() -> Response:
-            if ops_port is not None and request.environ.get("SERVER_PORT") != ops_port:
-                return render.error(InvalidActionNotFound(), str(uuid.uuid4()), host_id())
-            return view()
+def readiness(runtime: Runtime) -> tuple[bool, bytes]:
+    hsm_ok, store_ok = runtime.hsm.ping(), runtime.store.ping()
+    return hsm_ok and store_ok, f'{{"hsm":{str(hsm_ok).lower()},"store":{str(store_ok).lower()}}}'.encode()
 
-        guarded.__name__ = view.__name__
-        return guarded
 
-    def api() -> Response:
-        if ops_port is not None and request.environ.get("SERVER_PORT") == ops_port:
-            return render.error(InvalidActionNotFound(), str(uuid.uuid4()), host_id())
-        return endpoint()
+def _operations_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> Flask:
+    """Flask serves everything but the RPC endpoint.  With a separate operations listener ([metrics] listen,
+    served by the master process), a worker answers /metrics, /healthz and /readyz with not-found."""
+    app = Flask("hsmkms")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False  # OPTIONS is answered UnsupportedHTTPMethod like others
 
-    app.add_url_rule("/", "rpc", api, methods=["GET", "POST"], provide_automatic_options=False)
+    if not settings.metrics_listen:
+        @app.get("/healthz")
+        def healthz() -> Response:
+            return render.flask_response(render.json_reply({"status": "ok"}))
 
-    @app.get("/healthz")
-    @operations
-    def healthz() -> Response:
-        return Response('{"status":"ok"}', content_type=render.JSON_TYPE)
+        @app.get("/readyz")
+        def readyz() -> Response:
+            ready, body = readiness(runtime)
+            return render.flask_response(render.Reply(200 if ready else 503, render.JSON_TYPE, body))
 
-    @app.get("/readyz")
-    @operations
-    def readyz() -> Response:
-        hsm_ok, store_ok = runtime.hsm.ping(), runtime.store.ping()
-        body = f'{{"hsm":{str(hsm_ok).lower()},"store":{str(store_ok).lower()}}}'
-        return Response(body, 200 if hsm_ok and store_ok else 503, content_type=render.JSON_TYPE)
-
-    @app.get("/metrics")
-    @operations
-    def metrics_view() -> Response:
-        payload, content_type = metrics.exposition()
-        return Response(payload, content_type=content_type)
+        @app.get("/metrics")
+        def metrics_view() -> Response:
+            payload, content_type = metrics.exposition()
+            return render.flask_response(render.Reply(200, content_type, payload))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
-        # Werkzeug's own answers (unknown path, wrong method, body too large ...) in the Alibaba shape.
+        # Werkzeug's own answers (unknown path, wrong method ...) in the Alibaba shape.
         err: KmsError
         if exc.code == 404:
             err = InvalidActionNotFound()
@@ -154,12 +161,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Flask:
             err = ParseRequestParameterException()
         else:
             err = InternalFailure()
-        return render.error(err, str(uuid.uuid4()), host_id())
+        return render.flask_response(render.error(err, new_request_id(), host_id(request.environ)))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         log.exception("request %s: unhandled error outside the RPC endpoint", request_id)
-        return render.error(InternalFailure(), request_id, host_id())
+        return render.flask_response(render.error(InternalFailure(), request_id, host_id(request.environ)))
 
     return app

@@ -58,14 +58,17 @@ class Metrics:
             self._child(self._hsm_errors, operation, error).inc()
 
     def exposition(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+        return exposition(self.registry)
 
-        if os.environ.get(MULTIPROC_ENV):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        else:
-            registry = self.registry
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+def exposition(registry=None) -> tuple[bytes, str]:
+    """The Prometheus text: every worker's figures in multiprocess mode, else ``registry``'s."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class MeteredHsm:

@@ -7,7 +7,6 @@ Wire shapes (KeyMetadata, double-wrapped lists, dates) are built here and nowher
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,14 @@ from hsmkms.service.crypto import CryptoService, Sealed
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
 from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.states import KeyState
-from hsmkms.service.tags import TagService, parse_tag_keys_json, parse_tags_json, validate_tags
+from hsmkms.service.tags import (
+    TAG_KEYS_HINT,
+    TAGS_HINT,
+    TagService,
+    parse_tag_keys,
+    parse_tags,
+    validate_tags,
+)
 from hsmkms.store.base import AliasRecord, KeyFilter, KeyRecord, VersionRecord
 
 MAX_ENCRYPT_PLAINTEXT_BYTES = 6 * 1024
@@ -219,7 +225,7 @@ def CreateKey(call: Call) -> dict:
         protection_level=p.choice("ProtectionLevel", PROTECTION_LEVELS, default="HSM"),
         description=p.text("Description", MAX_DESCRIPTION_CHARS),
         rotation_interval=interval,
-        tags=parse_tags_json(p.optional("Tags", "[]")),
+        tags=parse_tags(p.json("Tags", TAGS_HINT, default="[]")),
     )
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
 
@@ -238,21 +244,22 @@ FILTER_FIELDS = {
 MAX_FILTERS = 10
 
 
-def key_filter(text: str | None) -> KeyFilter | None:
+FILTERS_HINT = (f'Up to {MAX_FILTERS} of {{"Key":K,"Values":[...]}} with K one of '
+                f"{', '.join(sorted(FILTER_FIELDS))}.")
+
+
+def key_filter(p: Params) -> KeyFilter | None:
     """ListKeys ``Filters``: ``[{"Key":"KeyState","Values":["Enabled"]}, ...]``; repeated Keys merge."""
-    if not text:
+    document = p.json("Filters", FILTERS_HINT)
+    if document is None:
         return None
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
     if not isinstance(document, list) or len(document) > MAX_FILTERS or not all(
-        isinstance(f, dict) and set(f) == {"Key", "Values"} and f["Key"] in FILTER_FIELDS
-        and isinstance(f["Values"], list) and f["Values"] and all(isinstance(v, str) for v in f["Values"])
+        isinstance(f, dict) and set(f) == {"Key", "Values"} and isinstance(f["Key"], str)
+        and f["Key"] in FILTER_FIELDS and isinstance(f["Values"], list) and f["Values"]
+        and all(isinstance(v, str) for v in f["Values"])
         for f in document
     ):
-        raise InvalidParameter("Filters", f'Up to {MAX_FILTERS} of {{"Key":K,"Values":[...]}} with K one of '
-                                          f"{', '.join(sorted(FILTER_FIELDS))}.")
+        raise InvalidParameter("Filters", FILTERS_HINT)
     wanted: dict[str, set[str]] = {}
     match_nothing = False
     for entry in document:
@@ -269,7 +276,7 @@ def key_filter(text: str | None) -> KeyFilter | None:
 @action(on_account())
 def ListKeys(call: Call) -> dict:
     p = call.params
-    where = key_filter(p.optional("Filters"))
+    where = key_filter(p)
     page = p.page()
     keys, total = call.services.keys.list_keys((page[0] - 1) * page[1], page[1], where)
     identity = call.services.identity
@@ -412,14 +419,14 @@ def only_keys(p: Params) -> str:
 @action(on_key("KeyId"))
 def TagResource(call: Call) -> dict:
     p = call.params
-    call.services.tags.tag(only_keys(p), parse_tags_json(p.required("Tags")))
+    call.services.tags.tag(only_keys(p), parse_tags(p.json("Tags", TAGS_HINT, required=True)))
     return {}
 
 
 @action(on_key("KeyId"))
 def UntagResource(call: Call) -> dict:
     p = call.params
-    call.services.tags.untag(only_keys(p), parse_tag_keys_json(p.required("TagKeys")))
+    call.services.tags.untag(only_keys(p), parse_tag_keys(p.json("TagKeys", TAG_KEYS_HINT, required=True)))
     return {}
 
 

@@ -38,12 +38,22 @@ MAX_NONCE_CHARS = 128
 # Parameters whose values never go back to the client inside an error message.
 SENSITIVE_PARAMETERS = frozenset({"Plaintext"})
 
-_TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d{1,9})?Z\Z")
+_TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]{1,9})?Z\Z")
 _V3_FIELD = re.compile(r"\s*(Credential|SignedHeaders|Signature)=([^,\s]*)\s*")
+
+
+def same(expected: str, given: str) -> bool:
+    """Constant-time comparison that any client text can go through (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
 
 
 def pct(text: str) -> str:
     """RFC 3986 encoding as both schemes define it: unreserved characters kept, the rest %XX upper-case."""
+    if _UNRESERVED.match(text):  # most names and values: nothing to encode (quote() is slow to find that out)
+        return text
     return quote(text, safe="-_.~")
 
 
@@ -52,7 +62,9 @@ def pct(text: str) -> str:
 
 def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
     canonical = "&".join(f"{pct(k)}={pct(v)}" for k, v in sorted(params.items()) if k != "Signature")
-    return f"{method}&%2F&{pct(canonical)}"
+    # pct(canonical), knowing that it holds only unreserved characters, '%', '=' and '&'.
+    encoded = canonical.replace("%", "%25").replace("=", "%3D").replace("&", "%26")
+    return f"{method}&%2F&{encoded}"
 
 
 def v1_signature(secret: str, string_to_sign: str) -> str:
@@ -162,7 +174,7 @@ class Authenticator:
         nonce = params.get("SignatureNonce") or _missing("SignatureNonce")
         credential = self._credentials(access_key_id)
         string_to_sign = v1_string_to_sign(request.method, params)
-        if not hmac.compare_digest(v1_signature(credential.secret, string_to_sign), params["Signature"]):
+        if not same(v1_signature(credential.secret, string_to_sign), params["Signature"]):
             redacted = {k: ("***" if k in SENSITIVE_PARAMETERS else v) for k, v in params.items()}
             raise SignatureDoesNotMatch(v1_string_to_sign(request.method, redacted))
         self._check_fresh(access_key_id, timestamp, nonce)
@@ -183,10 +195,10 @@ class Authenticator:
         canonical = v3_canonical_request(request.method, request.path, request.query, headers,
                                          parsed.signed_headers, payload_hash)
         string_to_sign = v3_string_to_sign(canonical)
-        if not hmac.compare_digest(v3_signature(credential.secret, string_to_sign), parsed.signature):
+        if not same(v3_signature(credential.secret, string_to_sign), parsed.signature):
             raise SignatureDoesNotMatch(string_to_sign.replace("\n", "\\n"))
         # The signature covers the declared hash; the body must match it.
-        if not hmac.compare_digest(hashlib.sha256(request.body).hexdigest(), payload_hash.lower()):
+        if not same(hashlib.sha256(request.body).hexdigest(), payload_hash.lower()):
             raise SignatureDoesNotMatch("x-acs-content-sha256 does not match the request body")
         self._check_fresh(parsed.access_key_id, timestamp, nonce)
         return credential

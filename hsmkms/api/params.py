@@ -6,6 +6,7 @@ InvalidParameter), so action handlers never see a raw, unchecked string.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl
@@ -46,6 +47,7 @@ def merge(*sources: Iterable[tuple[str, str]]) -> dict[str, str]:
 class Params:
     def __init__(self, values: Mapping[str, str]):
         self.values = values
+        self._contexts: dict[str, dict[str, str]] = {}  # parsed once per request (handler and audit read them)
 
     def optional(self, name: str, default: str | None = None) -> str | None:
         value = self.values.get(name)
@@ -87,15 +89,33 @@ class Params:
             raise InvalidParameter(name, f"Valid values: {', '.join(sorted(choices))}.")
         return value
 
+    def json(self, name: str, hint: str, default: str | None = None, required: bool = False):
+        """A JSON-valued parameter (Tags, TagKeys, Filters ...), parsed; InvalidParameter with ``hint`` if it
+        is not JSON, nests absurdly deep, or holds text that is not valid Unicode (a lone surrogate)."""
+        text = self.required(name) if required else self.optional(name, default)
+        if text is None:
+            return None
+        try:
+            document = json.loads(text)
+            json.dumps(document, ensure_ascii=False).encode("utf-8")  # lone surrogates cannot be stored
+        except (ValueError, RecursionError, UnicodeEncodeError):
+            raise InvalidParameter(name, hint) from None
+        return document
+
     def context(self, name: str = "EncryptionContext") -> dict[str, str]:
         """An EncryptionContext as a JSON string, or flattened as ``<name>.<key>=<value>`` (Node SDK)."""
-        prefix = name + "."
-        flattened = {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
-        if flattened:
-            if self.values.get(name):
-                raise InvalidParameter(name, "Give the context either as JSON or flattened, not both.")
-            return validate_context(flattened, name)
-        return parse_context(self.values.get(name), name)
+        context = self._contexts.get(name)
+        if context is None:
+            prefix = name + "."
+            flattened = {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+            if flattened:
+                if self.values.get(name):
+                    raise InvalidParameter(name, "Give the context either as JSON or flattened, not both.")
+                context = validate_context(flattened, name)
+            else:
+                context = parse_context(self.values.get(name), name)
+            self._contexts[name] = context
+        return context
 
     def indexed(self, name: str, max_items: int = 50) -> list[str]:
         """A list flattened as ``<name>.1``, ``<name>.2`` ... (the Tea SDKs' list encoding), in index order."""

@@ -15,6 +15,7 @@ Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 LABEL_PREFIX = "hsmkms:"
 GCM_TAG_BITS = 128
+RANDOM_POOL_BYTES = 8192
 # After the token became unavailable, wait this long before the next reconnect attempt so that a dead
 # HSM costs each request one fast failure, not one slow reconnect.
 RECONNECT_INTERVAL_S = 1.0
@@ -53,6 +55,7 @@ RECONNECT_INTERVAL_S = 1.0
 _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired, p11.PinLenRange)
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
 _TAG_MISMATCH_ERRORS = (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
+_NO_LOCK = contextlib.nullcontext()
 
 
 _initialised_in: dict[str, int] = {}  # module path -> pid that initialised it
@@ -110,6 +113,11 @@ class Pkcs11Backend:
         self._lock_path = lock_path
         self._lock_file = None  # opened per process: a file lock is shared with a forked child otherwise
         self._lock_file_pid: int | None = None
+        self._token_locked = False
+        self._pool_lock = threading.Lock()
+        self._pool, self._pool_used, self._pool_pid = b"", 0, None
+        self._pool_lock = threading.Lock()
+        self._pool, self._pool_used, self._pool_pid = b"", 0, None
         self._pid: int | None = None
         self._lib = None
         self._session = None
@@ -119,25 +127,29 @@ class Pkcs11Backend:
     # --- locking -----------------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, exclusive: bool = False) -> Iterator[None]:
-        deadline = time.monotonic() + self._wait_seconds
+    def _locked(self) -> Iterator[None]:
         if not self._lock.acquire(timeout=self._wait_seconds):
             raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
         try:
-            with self._process_lock(exclusive, deadline):
-                yield
+            yield
         finally:
             self._lock.release()
 
     @contextmanager
-    def _process_lock(self, exclusive: bool, deadline: float) -> Iterator[None]:
-        if self._lock_path is None:
+    def _token_lock(self, exclusive: bool) -> Iterator[None]:
+        """The file lock across processes: exclusive to write objects, shared to list or search them.
+
+        Crypto calls on known handles need neither (they read no object file another process may be
+        writing), which keeps the lock off the hot path.  Taken with the thread lock held; not nested (a
+        second flock on the same file would change the mode of the first).
+        """
+        if self._lock_path is None or self._token_locked:
             yield
             return
         if self._lock_file_pid != os.getpid():
             self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 -- held for the process's life
             self._lock_file_pid = os.getpid()
-        lock_file = self._lock_file
+        lock_file, deadline = self._lock_file, time.monotonic() + self._wait_seconds
         mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
         while True:
             try:
@@ -147,9 +159,11 @@ class Pkcs11Backend:
                 if time.monotonic() > deadline:
                     raise HsmUnavailable("another process has held the HSM for too long") from None
                 time.sleep(0.0005)
+        self._token_locked = True
         try:
             yield
         finally:
+            self._token_locked = False
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -189,8 +203,9 @@ class Pkcs11Backend:
         if self._last_failure and now - self._last_failure < RECONNECT_INTERVAL_S:
             raise HsmUnavailable("the HSM was unavailable moments ago; retrying shortly")
         try:
-            self._session = self._login()
-            self._keys = self._enumerate_keys(self._session)
+            with self._token_lock(exclusive=False):
+                self._session = self._login()
+                self._keys = self._enumerate_keys(self._session)
         except BaseException:
             self._drop_session(finalize=True)  # a later attempt starts from a fresh C_Initialize
             self._last_failure = now
@@ -245,7 +260,7 @@ class Pkcs11Backend:
           token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
           its own calls.
         """
-        with self._locked(exclusive):
+        with self._locked(), self._token_lock(exclusive) if exclusive else _NO_LOCK:
             for attempt in (1, 2):
                 was_open = self._session is not None
                 session = None
@@ -293,7 +308,8 @@ class Pkcs11Backend:
         if key is None:
             # Made by another process since we opened: one search, then cached.
             try:
-                key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode("ascii"))
+                with self._token_lock(exclusive=False):
+                    key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode("ascii"))
             except p11.NoSuchKey:
                 raise HsmKeyMissing(object_id) from None
             self._keys[object_id] = key
@@ -344,7 +360,8 @@ class Pkcs11Backend:
 
     def list_key_ids(self) -> dict[str, str]:
         def enumerate_all(session):
-            self._keys = self._enumerate_keys(session)
+            with self._token_lock(exclusive=False):
+                self._keys = self._enumerate_keys(session)
             return {object_id: key[Attribute.LABEL] for object_id, key in self._keys.items()}
 
         return self._call(enumerate_all)
@@ -376,7 +393,18 @@ class Pkcs11Backend:
     # --- cryptography ------------------------------------------------------------------------------------
 
     def random(self, length: int) -> bytes:
-        return self._call(lambda session: session.generate_random(length * 8))
+        """Bytes from C_GenerateRandom.  Small requests are served from a per-process pool that the token
+        refills RANDOM_POOL_BYTES at a time: one HSM round trip per ~100 data keys instead of one each.
+        The pool belongs to one process (a forked child starts empty) and each byte is handed out once."""
+        if length > RANDOM_POOL_BYTES // 8:
+            return self._call(lambda session: session.generate_random(length * 8))
+        with self._pool_lock:
+            if self._pool_pid != os.getpid() or len(self._pool) - self._pool_used < length:
+                self._pool = self._call(lambda session: session.generate_random(RANDOM_POOL_BYTES * 8))
+                self._pool_used, self._pool_pid = 0, os.getpid()
+            start = self._pool_used
+            self._pool_used += length
+            return self._pool[start:start + length]
 
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         params = GCMParams(iv, aad, GCM_TAG_BITS)

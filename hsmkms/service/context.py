@@ -19,6 +19,21 @@ MAX_CONTEXT_CHARS = 8192
 EMPTY_AAD = b"{}"
 
 
+class Context(dict):
+    """A parsed context: a plain map of string to string that computes its canonical AAD once (the handler
+    uses it as AAD and the audit trail hashes it)."""
+
+    __slots__ = ("_aad",)
+
+    @property
+    def aad(self) -> bytes:
+        try:
+            return self._aad
+        except AttributeError:
+            self._aad = _canonical_bytes(self)
+            return self._aad
+
+
 def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
@@ -28,27 +43,28 @@ def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]
     return result
 
 
-def parse_context(text: str | None, name: str = "EncryptionContext") -> dict[str, str]:
+def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
     """Parse the JSON-string form.  ``None`` or an empty string means no context."""
     if text is None or text == "":
-        return {}
+        return Context()
     if len(text) > MAX_CONTEXT_CHARS:
         raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
     try:
         value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except (ValueError, RecursionError):
         raise InvalidParameter(name, "It must be a JSON object of string keys to string values.") from None
-    return validate_context(value, name)
+    # The canonical form of a JSON text is never longer than the text, so its length needs no new check.
+    return validate_context(value, name, check_length=False)
 
 
-def validate_context(value: object, name: str = "EncryptionContext") -> dict[str, str]:
+def validate_context(value: object, name: str = "EncryptionContext", check_length: bool = True) -> Context:
     """Check that ``value`` is a map of string to string within the size limit."""
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise InvalidParameter(name, "It must be a JSON object of string keys to string values.")
-    context = dict(value)
-    if len(canonical_text(context)) > MAX_CONTEXT_CHARS:
+    context = Context(value)
+    if check_length and len(canonical_text(context)) > MAX_CONTEXT_CHARS:
         raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
     return context
 
@@ -59,6 +75,12 @@ def canonical_text(context: Mapping[str, str]) -> str:
 
 def canonical_aad(context: Mapping[str, str]) -> bytes:
     """The bytes bound to a ciphertext as GCM additional data."""
+    if isinstance(context, Context):
+        return context.aad
+    return _canonical_bytes(context)
+
+
+def _canonical_bytes(context: Mapping[str, str]) -> bytes:
     if not context:
         return EMPTY_AAD
     # surrogatepass: a lone surrogate escaped in JSON (\ud800) is a valid JSON string; keep it distinct.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from hsmkms.errors import InvalidParameter, LimitExceeded
@@ -25,18 +24,18 @@ def validate_tag(tag_key: str, tag_value: str, param: str = "Tags") -> tuple[str
     return tag_key, tag_value
 
 
-def parse_tags_json(text: str, param: str = "Tags") -> list[tuple[str, str]]:
-    """``[{"TagKey":"k","TagValue":"v"}, ...]`` as validated pairs (at most MAX_TAGS_PER_KEY)."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise InvalidParameter(param, 'Use a JSON array like [{"TagKey":"k","TagValue":"v"}].') from None
+TAGS_HINT = 'Use a JSON array like [{"TagKey":"k","TagValue":"v"}].'
+TAG_KEYS_HINT = 'Use a JSON array of tag keys like ["k1","k2"].'
+
+
+def parse_tags(document: object, param: str = "Tags") -> list[tuple[str, str]]:
+    """Parsed ``[{"TagKey":"k","TagValue":"v"}, ...]`` as validated pairs (at most MAX_TAGS_PER_KEY)."""
     if not isinstance(document, list) or not all(
         isinstance(item, dict) and set(item) <= {"TagKey", "TagValue"} and isinstance(item.get("TagKey"), str)
         and isinstance(item.get("TagValue", ""), str)
         for item in document
     ):
-        raise InvalidParameter(param, 'Use a JSON array like [{"TagKey":"k","TagValue":"v"}].')
+        raise InvalidParameter(param, TAGS_HINT)
     return validate_tags([(item["TagKey"], item.get("TagValue", "")) for item in document], param)
 
 
@@ -47,14 +46,10 @@ def validate_tags(pairs: Iterable[tuple[str, str]], param: str = "Tags") -> list
     return pairs
 
 
-def parse_tag_keys_json(text: str, param: str = "TagKeys") -> list[str]:
-    """``["k1","k2"]``."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        document = None
+def parse_tag_keys(document: object, param: str = "TagKeys") -> list[str]:
+    """Parsed ``["k1","k2"]``."""
     if not isinstance(document, list) or not document or not all(isinstance(k, str) and k for k in document):
-        raise InvalidParameter(param, 'Use a JSON array of tag keys like ["k1","k2"].')
+        raise InvalidParameter(param, TAG_KEYS_HINT)
     return document
 
 

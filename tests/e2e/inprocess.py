@@ -78,7 +78,7 @@ def start_in_process(base: Settings, hsm: HsmBackend, data_dir: Path, expect_err
         http.shutdown()
         thread.join(10)
         logging.getLogger("hsmkms").removeHandler(failures)
-        app.extensions["hsmkms_audit"].close()
+        app.close()
         runtime.store.close()
         runtime.nonces.close()
         # Every 5xx is logged at ERROR: none may have happened (with injected faults: only 503s, no traceback).

@@ -225,7 +225,9 @@ def test_key_is_destroyed_in_the_hsm_only_after_its_window(tea, clocked, hsm):
     listed = {k["KeyId"] for k in tea.call("ListKeys", PageSize=100)["Keys"]["Key"]}
     assert key_id not in listed
     tea.call("CreateAlias", AliasName=alias, KeyId=new_key(tea))  # the alias name is free again
-    assert maintenance.doctor().consistent
+    # The session's token is shared with other tests' stores, whose objects this store calls orphans.
+    report = maintenance.doctor()
+    assert (report.missing_objects, report.dead_objects, report.interrupted) == ([], [], [])
 
 
 def test_cancelled_deletion_is_never_purged(tea, clocked, hsm):

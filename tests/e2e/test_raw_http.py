@@ -28,14 +28,15 @@ def send(server, method: str = "POST", target: str = "/", body: bytes | None = N
             connection.putheader(name, value)
         connection.endheaders(body)
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, {name.lower(): value for name, value in response.getheaders()}, response.read()
     finally:
         connection.close()
 
 
 def alibaba_error(status: int, headers: dict[str, str], body: bytes) -> dict:
     assert 400 <= status < 500, (status, body[:300])
-    assert headers["Content-Type"] == "application/json;charset=utf-8"
+    assert headers["content-type"] == "application/json;charset=utf-8"
+    assert headers.get("server", "") == ""  # no banner names the software
     document = json.loads(body)
     assert set(document) == {"RequestId", "HostId", "Code", "Message"}
     assert UUID.match(document["RequestId"])
@@ -69,7 +70,6 @@ CASES = [
     ("Action=DescribeKey", b"Version=2016-01-20&Action=DescribeKey", {}, "InvalidParameter"),
     (GOOD, b"\xff\xfe=\x00", {}, "ParseRequestParameterException"),
     (GOOD, b"a=" + b"x" * 70_000, {}, "InvalidParameter"),
-    (GOOD + "&k=" + "x" * 70_000, None, {}, "InvalidParameter"),
     (GOOD + "&" + "&".join(f"p{i}=1" for i in range(300)), None, {}, "ParseRequestParameterException"),
     (GOOD, None, {"Authorization": "ACS3-HMAC-SHA256 garbage"}, "IncompleteSignature"),
     (GOOD, None, {"Authorization": "ACS3-HMAC-SM3 Credential=a,SignedHeaders=host,Signature=00"},
@@ -101,6 +101,14 @@ def test_malformed_requests(server, query, body, headers, code):
     assert alibaba_error(status, response_headers, payload)["Code"] == code
 
 
+def test_overlong_url_is_refused_by_the_http_server(server):
+    """Granian refuses a request target over about 64 KB before the application sees it: a bare 414."""
+    status, headers, body = send(server, "POST", "/?" + GOOD + "&k=" + "x" * 70_000)
+    assert (status, body) == (414, b"")
+    status, headers, body = send(server, "POST", "/?" + GOOD + "&k=" + "x" * 60_000)  # the app's own limit
+    assert alibaba_error(status, headers, body)["Code"] == "MissingParameter"
+
+
 def test_get_is_accepted_like_post(server):
     status, headers, body = send(server, "GET", "/?" + GOOD)
     assert alibaba_error(status, headers, body)["Code"] == "MissingParameter"
@@ -109,5 +117,6 @@ def test_get_is_accepted_like_post(server):
 def test_no_server_banner_and_health(server):
     status, headers, body = send(server, "GET", "/healthz")
     assert status == 200 and json.loads(body) == {"status": "ok"}
+    assert headers.get("server", "") == ""
     status, headers, body = send(server, "GET", "/readyz")
     assert status == 200 and json.loads(body) == {"hsm": True, "store": True}

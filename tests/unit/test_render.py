@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import flask
 import pytest
 
-from hsmkms.api.render import JSON_TYPE, XML_TYPE, error, success
+from hsmkms.api import render
+from hsmkms.api.render import JSON_TYPE, XML_TYPE
 from hsmkms.errors import (
     InternalFailure,
     KeyStateRejected,
@@ -24,6 +25,31 @@ XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 def request_context():
     with flask.Flask("t").test_request_context() as context:
         yield context
+
+
+def success(*args, **kwargs) -> flask.Response:
+    return render.flask_response(render.success(*args, **kwargs))
+
+
+def error(*args, **kwargs) -> flask.Response:
+    return render.flask_response(render.error(*args, **kwargs))
+
+
+def test_reply_through_wsgi_names_no_server():
+    started = {}
+    body = render.success({"KeyId": "k"}, "r", "DescribeKey").start(
+        lambda status, headers: started.update(status=status, headers=dict(headers)))
+    assert started["status"] == "200 OK"
+    assert started["headers"] == {"Content-Type": JSON_TYPE, "Content-Length": str(len(body[0])), "Server": ""}
+    assert b"".join(body) == b'{"KeyId":"k","RequestId":"r"}'
+    render.error(MissingParameter("KeyId"), "r", "h").start(
+        lambda status, headers: started.update(status=status))
+    assert started["status"] == "400 Bad Request"
+
+
+def test_xml_replaces_characters_xml_cannot_carry():
+    text = success({"Description": "a\x01b\x00c\ufffe"}, "r", "DescribeKey", xml=True).get_data(as_text=True)
+    assert ET.fromstring(text).findtext("Description") == "a\ufffdb\ufffdc\ufffd"
 
 
 def test_success_json_is_compact_with_request_id():

@@ -1,0 +1,978 @@
+"""make bench: throughput, latency and memory of ``hsmkms serve`` against the bare serving stack.
+
+Run from the repository root:  .venv/bin/python scripts/bench/run.py [--quick]
+
+What it does, every step bounded in time (the whole run stays under 10 minutes):
+
+1. A fresh deployment in a temporary folder: a configuration written like the e2e suite's, a new SoftHSM
+   token, schema, access key and ``alias/dev`` through ``hsmkms dev-setup``.
+2. The bare serving stack: ``bare_app.py`` (a Flask app answering a fixed JSON body) served with the server
+   and options ``hsmkms.server.server_options`` gives, 2 workers; wrk replays the same
+   pre-signed GenerateDataKey requests against it.
+3. ``hsmkms serve --config ...`` with 2 workers.  Every request is signed beforehand (V1 HMAC-SHA1 through
+   ``hsmkms.api.auth``; unique SignatureNonce, current Timestamp) and written to a file that
+   ``replay.lua`` walks through, each line once, so no nonce is ever replayed.  For each of
+   GenerateDataKey, Decrypt and Encrypt: a 2 s warm-up run, then a 10 s run, 2 threads x 16 connections.
+4. Resident memory (VmRSS of master and workers) after warm-up, and after 200,000 requests in all.
+5. 10,000 keys in the token (CreateKey through the API, 16 requests in flight), a restart, then the same
+   GenerateDataKey and Decrypt runs with each request naming a random one of the 10,000 keys.
+
+It prints a summary with PASS/FAIL per target, writes var/bench/results.json and var/bench/results.png, and
+exits 0 whatever the figures (non-zero only when the benchmark itself could not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = Path(__file__).resolve().parent
+OUT = ROOT / "var" / "bench"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hsmkms.api.auth import pct, v1_signature, v1_string_to_sign  # noqa: E402
+
+API_VERSION = "2016-01-20"
+WORKERS = 2
+WRK_THREADS = 2
+CONNECTIONS = 16
+WARMUP_S = 2
+RUN_S = 10
+RSS_REQUESTS = 200_000
+MANY_KEYS = 10_000
+CONTEXT = '{"app":"bench","tier":"load-test"}'
+PLAINTEXT = "bench plaintext: 48 bytes of application data!!"
+TOTAL_BUDGET_S = 570  # everything, set-up included, under 10 minutes
+START_TIMEOUT_S = 60
+KEY_CREATE_BUDGET_S = 200
+KEY_CREATE_IN_FLIGHT = 8
+SOAK_BUDGET_S = 170
+NOISY_CORES = 0.25  # CPU used by processes outside the benchmark above which a run is flagged
+
+TARGETS = {
+    "ratio_to_bare": 0.6,
+    "p99_ms": 15.0,
+    "many_keys_ratio": 0.9,
+    "rss_growth": 0.10,
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def allow(self, wanted: float, reserve: float = 0.0) -> float:
+        """``wanted`` seconds, or what is left once ``reserve`` is kept for what must follow."""
+        return max(0.0, min(wanted, self.left() - reserve))
+
+
+# --- the deployment ------------------------------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HSMKMS_") and k != "SOFTHSM2_CONF"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(root: Path, port: int, workers: int, token_dir: Path | None = None) -> Path:
+    """As tests/e2e/server.py's write_config, with the benchmark's own token label.
+
+    ``token_dir``: where SoftHSM keeps the token (default: in the deployment's data folder).
+    """
+    config = root / "hsmkms.toml"
+    config.write_text(
+        f"""
+data_dir = "data"
+[server]
+listen = "127.0.0.1:{port}"
+workers = {workers}
+[kms]
+region = "cn-hangzhou"
+account_id = "1234567890123456"
+[hsm]
+token_label = "hsmkms-bench"
+pin_file = "data/token.pin"
+[hsm.softhsm]
+token_dir = "{token_dir or 'data/tokens'}"
+[log]
+level = "WARNING"
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+@dataclass
+class Deployment:
+    root: Path
+    config: Path
+    port: int
+    access_key_id: str
+    secret: str
+    alias: str
+
+    @classmethod
+    def create(cls, root: Path, token_dir: Path | None = None) -> Deployment:
+        root.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config = write_config(root, port, WORKERS, token_dir)
+        credentials = root / "credentials.json"
+        result = subprocess.run(
+            [sys.executable, "-m", "hsmkms", "dev-setup", "--config", str(config), "--credentials",
+             str(credentials)], capture_output=True, text=True, env=clean_env(), timeout=120, cwd=ROOT)
+        if result.returncode != 0:
+            raise RuntimeError(f"hsmkms dev-setup failed:\n{result.stdout}\n{result.stderr}")
+        facts = json.loads(credentials.read_text(encoding="utf-8"))
+        return cls(root, config, port, facts["AccessKeyId"], facts["AccessKeySecret"], facts["KeyAlias"])
+
+
+# --- processes -----------------------------------------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def vm_rss_kb(pid: int) -> int:
+    try:
+        match = re.search(r"^VmRSS:\s+(\d+)\s+kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
+
+
+class Server:
+    """A server in its own process group; stopped with SIGTERM to the group, SIGKILL if it lingers."""
+
+    def __init__(self, name: str, argv: list[str], port: int, ready_path: str, log_path: Path):
+        self.name, self.argv, self.port, self.ready_path, self.log_path = name, argv, port, ready_path, log_path
+        self.env: dict[str, str] = {}  # extra environment for the next start
+        self.process: subprocess.Popen | None = None
+        self.served = 0  # requests answered since this process started (as counted by the clients)
+
+    def start(self) -> float:
+        log_file = open(self.log_path, "ab")
+        started = time.monotonic()
+        self.process = subprocess.Popen(self.argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                        env=clean_env() | self.env, cwd=ROOT, start_new_session=True)
+        log_file.close()
+        self.served = 0
+        deadline = started + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", self.ready_path)
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return time.monotonic() - started
+                conn.close()
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready in {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def pids(self) -> list[int]:
+        if self.process is None or self.process.poll() is not None:
+            return []
+        children = _children_map()
+        found, todo = [self.process.pid], [self.process.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+    def rss(self) -> dict:
+        per_pid = {pid: vm_rss_kb(pid) for pid in self.pids()}
+        return {"total_kb": sum(per_pid.values()), "processes": {str(p): kb for p, kb in per_pid.items()}}
+
+    def stop(self, timeout: float = 35) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} did not stop on SIGTERM in {timeout:.0f} s; killing it")
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of the group, if any
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.process.returncode
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def log_errors(self) -> list[str]:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+
+
+# --- signing -------------------------------------------------------------------------------------------------
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def signed_query(access_key_id: str, secret: str, action: str, params: dict[str, str],
+                 method: str = "GET") -> str:
+    values = {
+        "Action": action,
+        "Version": API_VERSION,
+        "Format": "JSON",
+        "AccessKeyId": access_key_id,
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureNonce": uuid.uuid4().hex,
+        "Timestamp": timestamp(),
+        **params,
+    }
+    values["Signature"] = v1_signature(secret, v1_string_to_sign(method, values))
+    return "&".join(f"{pct(k)}={pct(v)}" for k, v in values.items())
+
+
+def _sign_chunk(job: tuple[str, str, str, list[dict[str, str]]]) -> list[str]:
+    access_key_id, secret, action, params_list = job
+    return [f"GET /?{signed_query(access_key_id, secret, action, params)}" for params in params_list]
+
+
+class Signer:
+    """Pre-signs request lines (two processes: the server is idle while we sign)."""
+
+    def __init__(self, deployment: Deployment):
+        self.access_key_id, self.secret = deployment.access_key_id, deployment.secret
+        self.pool = ProcessPoolExecutor(2)
+        self.signed = 0
+        self.seconds = 0.0
+
+    def write(self, path: Path, action: str, params_list: list[dict[str, str]]) -> Path:
+        started = time.monotonic()
+        chunk = 5000
+        jobs = [(self.access_key_id, self.secret, action, params_list[i:i + chunk])
+                for i in range(0, len(params_list), chunk)]
+        with open(path, "w", encoding="ascii") as out:
+            for lines in self.pool.map(_sign_chunk, jobs):
+                out.write("\n".join(lines))
+                out.write("\n")
+        self.signed += len(params_list)
+        self.seconds += time.monotonic() - started
+        return path
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+class Client:
+    """Signed API calls from Python (set-up work: seed blobs, CreateKey), one keep-alive connection a thread."""
+
+    def __init__(self, deployment: Deployment, port: int):
+        self.deployment, self.port = deployment, port
+        self.local = threading.local()
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def call(self, action: str, params: dict[str, str], timeout: float = 30) -> tuple[int, dict]:
+        query = signed_query(self.deployment.access_key_id, self.deployment.secret, action, params)
+        for attempt in (1, 2):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                conn.request("GET", "/?" + query)
+                response = conn.getresponse()
+                body = response.read()
+                with self.lock:
+                    self.calls += 1
+                return response.status, json.loads(body or b"{}")
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                # the nonce of a request that may have arrived must not be reused
+                query = signed_query(self.deployment.access_key_id, self.deployment.secret, action, params)
+        raise AssertionError("unreachable")
+
+
+# --- wrk -----------------------------------------------------------------------------------------------------
+
+
+def _proc_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _system_busy_s() -> float:
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+class CpuWatch:
+    """Where the machine's CPU went during a run: the server, wrk, this driver, and everything else.
+
+    "others" is CPU used by processes that are not part of the benchmark (another test suite on the same
+    machine): when it is large the figures of that run are not trustworthy.
+    """
+
+    def __init__(self, pids: list[int]):
+        import resource
+
+        self.resource = resource
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.busy0 = _system_busy_s()
+        self.server0 = {pid: _proc_cpu_s(pid) for pid in pids}
+        self.children0 = self._rusage(resource.RUSAGE_CHILDREN)
+        self.self0 = self._rusage(resource.RUSAGE_SELF)
+
+    def _rusage(self, who: int) -> float:
+        usage = self.resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+    def stop(self) -> dict:
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        busy = _system_busy_s() - self.busy0
+        server = sum(max(0.0, _proc_cpu_s(pid) - start) for pid, start in self.server0.items())
+        wrk = self._rusage(self.resource.RUSAGE_CHILDREN) - self.children0
+        driver = self._rusage(self.resource.RUSAGE_SELF) - self.self0
+        others = max(0.0, busy - server - wrk - driver)
+        return {"cores_busy": round(busy / elapsed, 2), "server": round(server / elapsed, 2),
+                "wrk": round(wrk / elapsed, 2), "driver": round(driver / elapsed, 2),
+                "others": round(others / elapsed, 2), "cores": os.cpu_count()}
+
+
+def background_load(seconds: float = 2.0) -> float:
+    """CPU cores busy while the benchmark itself does nothing."""
+    busy, started = _system_busy_s(), time.monotonic()
+    time.sleep(seconds)
+    return round((_system_busy_s() - busy) / (time.monotonic() - started), 2)
+
+
+def run_wrk(port: int, lines: Path, duration: int, wrap: bool = False, pids: list[int] | None = None) -> dict:
+    watch = CpuWatch(pids or [])
+    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--timeout", "5s",
+           "-s", str(BENCH / "replay.lua"), f"http://127.0.0.1:{port}", "--", str(lines), str(WRK_THREADS)]
+    if wrap:
+        cmd.append("wrap")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    cpu = watch.stop()
+    match = re.search(r"^BENCH_JSON (.*)$", result.stdout, re.M)
+    if not match:
+        raise RuntimeError(f"wrk gave no result (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
+    stats = json.loads(match.group(1))
+    socket_errors = sum(stats["socket_errors"].values())
+    stats.update(
+        rps=round(stats["requests"] / (stats["duration_us"] / 1e6), 1),
+        p50_ms=round(stats["p50_us"] / 1000, 2),
+        p99_ms=round(stats["p99_us"] / 1000, 2),
+        errors=stats["non200"] + socket_errors,
+        duration_s=duration,
+        cpu=cpu,
+    )
+    if stats["requests"] and pids:
+        stats["server_cpu_us_per_request"] = round(cpu["server"] * duration * 1e6 / stats["requests"], 1)
+    return stats
+
+
+# --- the benchmark -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    deployment: Deployment
+    signer: Signer
+    budget: Budget
+    work: Path
+    quick: bool = False
+    results: dict = field(default_factory=dict)
+    rate_cap: float = 20_000.0  # upper bound of the rate hsmkms can reach (bare, then measured)
+
+    def lines_for(self, seconds: float, cap: float | None = None) -> int:
+        """Enough pre-signed requests for ``seconds`` at the most the server could possibly answer."""
+        return int((cap or self.rate_cap) * seconds * 1.3) + 1000
+
+    # -- bare -------------------------------------------------------------------------------------------------
+
+    def bare(self) -> dict:
+        port = free_port()
+        argv = [sys.executable, str(BENCH / "bare_app.py"), "--config", str(self.deployment.config),
+                "--port", str(port)]
+        described = subprocess.run([*argv, "--describe"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                   env=clean_env())
+        server_conf = json.loads(described.stdout) if described.returncode == 0 else {
+            "error": described.stderr[-2000:]}
+        self.results["server"] = server_conf
+        log(f"production server: {server_conf.get('kind')} ({server_conf.get('source')})")
+        lines = self.signer.write(self.work / "bare.txt", "GenerateDataKey",
+                                  [self.gdk_params("alias/dev") for _ in range(20_000)])
+        server = Server("bare app", argv, port, "/healthz", OUT / "bare.log")
+        try:
+            server.start()
+            run_wrk(port, lines, WARMUP_S, wrap=True)
+            stats = run_wrk(port, lines, RUN_S, wrap=True, pids=server.pids())
+            stats["rss"] = server.rss()
+        finally:
+            server.stop()
+        self.rate_cap = max(stats["rps"], 500.0)
+        log(f"bare: {stats['rps']:.0f} req/s, p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
+            f"{stats['errors']} errors; CPU cores: server {stats['cpu']['server']}, wrk {stats['cpu']['wrk']}, "
+            f"other processes {stats['cpu']['others']}")
+        return stats
+
+    # -- request shapes ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def gdk_params(key_id: str) -> dict[str, str]:
+        return {"KeyId": key_id, "EncryptionContext": CONTEXT}
+
+    @staticmethod
+    def decrypt_params(blob: str) -> dict[str, str]:
+        return {"CiphertextBlob": blob, "EncryptionContext": CONTEXT}
+
+    @staticmethod
+    def encrypt_params(key_id: str) -> dict[str, str]:
+        return {"KeyId": key_id, "Plaintext": PLAINTEXT, "EncryptionContext": CONTEXT}
+
+    # -- one measured action ----------------------------------------------------------------------------------
+
+    def measure(self, server: Server, name: str, action: str, make_params, duration: int = RUN_S) -> dict:
+        """A warm-up run and a measured run, each on its own freshly signed lines."""
+        warm = self.signer.write(self.work / f"{name}-warmup.txt", action,
+                                 [make_params(i) for i in range(self.lines_for(WARMUP_S))])
+        main = self.signer.write(self.work / f"{name}.txt", action,
+                                 [make_params(i) for i in range(self.lines_for(duration))])
+        warm_stats = run_wrk(server.port, warm, WARMUP_S, pids=server.pids())
+        stats = run_wrk(server.port, main, duration, pids=server.pids())
+        server.served += warm_stats["requests"] + stats["requests"]
+        stats["warmup"] = {k: warm_stats[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "first_error")}
+        if stats["exhausted"]:
+            stats["note"] = "the pre-signed requests ran out before the end: the rate is a lower bound"
+        log(f"{name}: {stats['rps']:.0f} req/s, p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
+            f"{stats['errors']} errors" + (f" (first: {stats['first_error'][:160]})" if stats["errors"] else "")
+            + f"; CPU cores: server {stats['cpu']['server']}, wrk {stats['cpu']['wrk']}, "
+              f"other processes {stats['cpu']['others']}")
+        self.rate_cap = min(self.rate_cap, max(3.0 * stats["rps"], 1000.0)) if stats["rps"] > 0 else self.rate_cap
+        return stats
+
+    # -- phases -----------------------------------------------------------------------------------------------
+
+    def seed_blobs(self, client: Client, key_ids: list[str], parallel: int = 16) -> list[str]:
+        def one(key_id: str) -> str:
+            status, body = client.call("GenerateDataKey", self.gdk_params(key_id))
+            if status != 200:
+                raise RuntimeError(f"GenerateDataKey for a seed blob answered {status}: {body}")
+            return body["CiphertextBlob"]
+
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, key_ids))
+
+    def one_key(self, server: Server) -> None:
+        client = Client(self.deployment, server.port)
+        blobs = self.seed_blobs(client, ["alias/dev"] * 32)
+        alias = "alias/dev"
+
+        # A mixed warm-up first: every path has run once before the memory baseline is read.
+        third = self.lines_for(WARMUP_S) // 3 + 1
+        path = interleave([
+            self.signer.write(self.work / "m0.txt", "GenerateDataKey", [self.gdk_params(alias)] * third),
+            self.signer.write(self.work / "m1.txt", "Decrypt",
+                              [self.decrypt_params(blobs[i % len(blobs)]) for i in range(third)]),
+            self.signer.write(self.work / "m2.txt", "Encrypt", [self.encrypt_params(alias)] * third),
+        ], self.work / "mixed-warmup.txt")
+        warm = run_wrk(server.port, path, WARMUP_S)
+        server.served += warm["requests"] + client.calls
+        self.results["rss_after_warmup"] = {**server.rss(), "requests_served": server.served}
+        log(f"warm-up: {warm['rps']:.0f} req/s, {warm['errors']} errors; RSS "
+            f"{self.results['rss_after_warmup']['total_kb'] / 1024:.1f} MiB")
+
+        runs = self.results.setdefault("runs", {})
+        runs["GenerateDataKey"] = self.measure(server, "GenerateDataKey", "GenerateDataKey",
+                                               lambda i: self.gdk_params(alias))
+        runs["Decrypt"] = self.measure(server, "Decrypt", "Decrypt",
+                                       lambda i: self.decrypt_params(blobs[i % len(blobs)]))
+        runs["Encrypt"] = self.measure(server, "Encrypt", "Encrypt", lambda i: self.encrypt_params(alias))
+
+        # Memory after 200,000 requests in all: GenerateDataKey and Decrypt alternating, in chunks.
+        soak_rate = max(1.0, (runs["GenerateDataKey"]["rps"] + runs["Decrypt"]["rps"]) / 2)
+        soak_budget = self.budget.allow(SOAK_BUDGET_S, reserve=self.reserve_after_soak())
+        soak_end = time.monotonic() + soak_budget
+        chunks = 0
+        while server.served < RSS_REQUESTS and time.monotonic() < soak_end - 3:
+            missing = RSS_REQUESTS - server.served
+            seconds = int(min(30, max(3, math.ceil(missing / (soak_rate * 0.9))), soak_end - time.monotonic()))
+            if seconds < 2:
+                break
+            count = self.lines_for(seconds, cap=min(self.rate_cap, soak_rate * 2.0))
+            half = count // 2 + 1
+            a = self.signer.write(self.work / "soak-a.txt", "GenerateDataKey",
+                                  [self.gdk_params(alias) for _ in range(half)])
+            b = self.signer.write(self.work / "soak-b.txt", "Decrypt",
+                                  [self.decrypt_params(blobs[i % len(blobs)]) for i in range(half)])
+            interleave([a, b], self.work / "soak.txt")
+            stats = run_wrk(server.port, self.work / "soak.txt", seconds, pids=server.pids())
+            server.served += stats["requests"]
+            chunks += 1
+            soak_rate = max(soak_rate * 0.5, stats["rps"])
+            self.results.setdefault("soak", []).append(
+                {k: stats[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "requests", "exhausted")})
+        self.results["rss_after_soak"] = {**server.rss(), "requests_served": server.served}
+        log(f"after {server.served} requests: RSS {self.results['rss_after_soak']['total_kb'] / 1024:.1f} MiB")
+
+    def reserve_after_soak(self) -> float:
+        """Time the 10,000-key phase needs at least (creation excluded: that one shrinks to fit)."""
+        return 60.0 + 2 * (WARMUP_S + RUN_S) + 40.0
+
+    def many_keys(self, server: Server) -> Server:
+        # Creation through the API with one worker process: SoftHSM re-reads the token directory in every
+        # other process after each object created, so two workers creating at once are slower than one.
+        server.stop()
+        server.env = {"HSMKMS_SERVER_WORKERS": "1"}
+        server.start()
+        server.env = {}
+        client = Client(self.deployment, server.port)
+        status, body = client.call("ListKeys", {"PageSize": "1"})
+        existing = int(body.get("TotalCount", 1)) if status == 200 else 1
+        wanted = MANY_KEYS - existing
+        created: list[str] = []
+        failures: list[str] = []
+        allowed = self.budget.allow(KEY_CREATE_BUDGET_S, reserve=2 * (WARMUP_S + RUN_S) + 60)
+        stop_at = time.monotonic() + allowed
+        started = time.monotonic()
+        lock = threading.Lock()
+        issued = 0
+
+        def worker() -> None:
+            nonlocal issued
+            while time.monotonic() < stop_at:
+                with lock:
+                    if issued >= wanted:
+                        return
+                    issued += 1
+                try:
+                    status, body = client.call("CreateKey", {"Description": "bench"})
+                except Exception as exc:  # noqa: BLE001 - report, do not abort the benchmark
+                    status, body = 0, {"error": repr(exc)}
+                with lock:
+                    if status == 200:
+                        created.append(body["KeyMetadata"]["KeyId"])
+                    else:
+                        failures.append(f"{status} {str(body)[:200]}")
+
+        threads = [threading.Thread(target=worker) for _ in range(KEY_CREATE_IN_FLIGHT)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        total = existing + len(created)
+        self.results["key_creation"] = {
+            "existing": existing, "created": len(created), "total_keys": total, "seconds": round(elapsed, 1),
+            "per_second": round(len(created) / elapsed, 1) if elapsed else None,
+            "failures": len(failures), "first_failure": failures[0] if failures else None,
+            "in_flight": KEY_CREATE_IN_FLIGHT, "server_workers": 1,
+        }
+        log(f"created {len(created)} keys in {elapsed:.0f} s ({len(created) / max(elapsed, 1e-9):.0f}/s); "
+            f"{total} keys in the token, {len(failures)} failures")
+
+        # A deployment with 10,000 keys, as after a restart: every worker opens its session on a big token.
+        server.stop()
+        restart = server.start()  # back to the configured 2 workers
+        client = Client(self.deployment, server.port)
+        first = time.monotonic()
+        client.call("GenerateDataKey", self.gdk_params("alias/dev"))
+        self.results["restart_with_many_keys"] = {"ready_s": round(restart, 2),
+                                                  "first_request_s": round(time.monotonic() - first, 2)}
+        keys = created or ["alias/dev"]
+        started = time.monotonic()
+        # Decrypt blobs for every key when there is time for it (about 1 s per 1,500 keys), else a sample.
+        room = self.budget.left() - 2 * (WARMUP_S + RUN_S + 15) - 30
+        wanted = len(keys) if room > len(keys) / 500 else min(len(keys), 2000)
+        sample = keys if wanted >= len(keys) else random.sample(keys, wanted)
+        blobs = self.seed_blobs(client, sample)
+        self.results["many_keys_seed"] = {"blobs": len(blobs), "seconds": round(time.monotonic() - started, 1)}
+        rng = random.Random(7)
+        runs = self.results.setdefault("many_keys_runs", {})
+        runs["GenerateDataKey"] = self.measure(server, "GenerateDataKey-10k", "GenerateDataKey",
+                                               lambda i: self.gdk_params(rng.choice(keys)))
+        runs["Decrypt"] = self.measure(server, "Decrypt-10k", "Decrypt",
+                                       lambda i: self.decrypt_params(rng.choice(blobs)))
+        return server
+
+
+def interleave(paths: list[Path], out: Path) -> Path:
+    handles = [open(p, encoding="ascii") for p in paths]
+    try:
+        with open(out, "w", encoding="ascii") as target:
+            while handles:
+                for handle in list(handles):
+                    line = handle.readline()
+                    if line:
+                        target.write(line)
+                    else:
+                        handles.remove(handle)
+                        handle.close()
+    finally:
+        for handle in handles:
+            handle.close()
+    return out
+
+
+# --- verdicts, report, chart ---------------------------------------------------------------------------------
+
+
+def verdicts(results: dict) -> list[dict]:
+    checks = []
+    bare = results.get("bare", {}).get("rps") or 0.0
+    runs = results.get("runs", {})
+    for action in ("GenerateDataKey", "Decrypt"):
+        run = runs.get(action)
+        if run is None:
+            checks.append({"target": f"{action} >= 0.6 x bare req/s, zero errors", "pass": False,
+                           "detail": "not measured"})
+            continue
+        ratio = run["rps"] / bare if bare else 0.0
+        run["ratio_to_bare"] = round(ratio, 3)
+        checks.append({
+            "target": f"{action} >= {TARGETS['ratio_to_bare']} x bare req/s, zero errors",
+            "pass": ratio >= TARGETS["ratio_to_bare"] and run["errors"] == 0 and not run["exhausted"],
+            "detail": f"{run['rps']:.0f} / {bare:.0f} = {ratio:.2f}, {run['errors']} errors",
+        })
+    if "Encrypt" in runs:
+        runs["Encrypt"]["ratio_to_bare"] = round(runs["Encrypt"]["rps"] / bare, 3) if bare else 0.0
+    for action, run in runs.items():
+        checks.append({
+            "target": f"{action} p99 <= {TARGETS['p99_ms']:.0f} ms at {CONNECTIONS} connections",
+            "pass": run["p99_ms"] <= TARGETS["p99_ms"],
+            "detail": f"p99 {run['p99_ms']} ms (p50 {run['p50_ms']} ms)",
+        })
+    many = results.get("many_keys_runs", {})
+    total_keys = results.get("key_creation", {}).get("total_keys", 0)
+    for action in ("GenerateDataKey", "Decrypt"):
+        one, lots = runs.get(action), many.get(action)
+        if not one or not lots:
+            checks.append({"target": f"{action} with {MANY_KEYS} keys >= 0.9 x 1 key", "pass": False,
+                           "detail": "not measured"})
+            continue
+        ratio = lots["rps"] / one["rps"] if one["rps"] else 0.0
+        lots["ratio_to_one_key"] = round(ratio, 3)
+        checks.append({
+            "target": f"{action} with {MANY_KEYS} keys >= {TARGETS['many_keys_ratio']} x 1 key",
+            "pass": ratio >= TARGETS["many_keys_ratio"] and total_keys >= MANY_KEYS and lots["errors"] == 0,
+            "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys, "
+                      f"{lots['errors']} errors",
+        })
+    before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
+    if before and after:
+        growth = (after["total_kb"] - before["total_kb"]) / before["total_kb"]
+        results["rss_growth"] = round(growth, 4)
+        checks.append({
+            "target": f"RSS after {RSS_REQUESTS:,} requests within {TARGETS['rss_growth']:.0%} of after warm-up",
+            "pass": abs(growth) <= TARGETS["rss_growth"] and after["requests_served"] >= RSS_REQUESTS,
+            "detail": f"{before['total_kb'] / 1024:.1f} MiB -> {after['total_kb'] / 1024:.1f} MiB "
+                      f"({growth:+.1%}) after {after['requests_served']:,} requests",
+        })
+    else:
+        checks.append({"target": "RSS after 200,000 requests within 10%", "pass": False, "detail": "not measured"})
+    return checks
+
+
+def summary(results: dict) -> str:
+    rows = [f"{'run':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}"]
+    bare = results.get("bare")
+    if bare:
+        rows.append(f"{'bare':<24}{bare['rps']:>9.0f}{bare['p50_ms']:>9.2f}{bare['p99_ms']:>9.2f}"
+                    f"{bare['errors']:>8}{1.0:>8.2f}")
+    for group, suffix, ratio_key in (("runs", "", "ratio_to_bare"),
+                                     ("many_keys_runs", f" ({MANY_KEYS:,} keys)", "ratio_to_one_key")):
+        for action, run in results.get(group, {}).items():
+            rows.append(f"{action + suffix:<24}{run['rps']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+                        f"{run['errors']:>8}{run.get(ratio_key, 0):>8.2f}")
+    rows.append(f"(ratio: to bare with 1 key; to the same action with 1 key with {MANY_KEYS:,} keys)")
+    before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
+    if before and after:
+        rows.append(f"RSS (master + workers): {before['total_kb'] / 1024:.1f} MiB after warm-up, "
+                    f"{after['total_kb'] / 1024:.1f} MiB after {after['requests_served']:,} requests")
+    creation = results.get("key_creation")
+    if creation:
+        rows.append(f"keys: {creation['total_keys']} in the token, {creation['created']} created in "
+                    f"{creation['seconds']} s ({creation['per_second']}/s)")
+    noisy = [(name, run["cpu"]["others"]) for name, run in _all_runs(results)
+             if run.get("cpu", {}).get("others", 0) > NOISY_CORES]
+    if noisy or results.get("background_cores_before", 0) > NOISY_CORES:
+        rows.append(f"NOTE: other processes on this machine used CPU during the runs (background before: "
+                    f"{results.get('background_cores_before')} cores; "
+                    + ", ".join(f"{name} {cores}" for name, cores in noisy)
+                    + "): throughput and latency figures are unreliable; compare CPU per request instead")
+    cpu_rows = [f"{name} {run['server_cpu_us_per_request']:.0f}" for name, run in _all_runs(results)
+                if run.get("server_cpu_us_per_request")]
+    if cpu_rows:
+        rows.append("server CPU per request (us): " + ", ".join(cpu_rows))
+    rows.append("")
+    for check in results.get("checks", []):
+        rows.append(f"{'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['detail']}")
+    return "\n".join(rows)
+
+
+def _all_runs(results: dict) -> list[tuple[str, dict]]:
+    runs = [("bare", results["bare"])] if results.get("bare") else []
+    runs += list(results.get("runs", {}).items())
+    runs += [(f"{action} ({MANY_KEYS:,} keys)", run) for action, run in results.get("many_keys_runs", {}).items()]
+    return runs
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, rps, p50, p99, colors = [], [], [], [], []
+    if results.get("bare"):
+        labels.append("bare")
+        rps.append(results["bare"]["rps"])
+        p50.append(results["bare"]["p50_ms"])
+        p99.append(results["bare"]["p99_ms"])
+        colors.append("#888888")
+    for group, suffix, color in (("runs", "", "#1f77b4"), ("many_keys_runs", f"\n{MANY_KEYS:,} keys", "#ff7f0e")):
+        for action, run in results.get(group, {}).items():
+            labels.append(action.replace("GenerateDataKey", "GDK") + suffix)
+            rps.append(run["rps"])
+            p50.append(run["p50_ms"])
+            p99.append(run["p99_ms"])
+            colors.append(color)
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [3, 3, 1.4]})
+    ax = axes[0]
+    ax.bar(labels, rps, color=colors)
+    if results.get("bare"):
+        ax.axhline(TARGETS["ratio_to_bare"] * results["bare"]["rps"], color="red", linestyle="--",
+                   label=f"target: {TARGETS['ratio_to_bare']} x bare")
+        ax.legend(loc="upper right")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title(f"Throughput ({WRK_THREADS} threads, {CONNECTIONS} connections, {RUN_S} s)")
+    ax.set_ylabel("requests / s")
+    for i, value in enumerate(rps):
+        ax.text(i, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+
+    ax = axes[1]
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50", color="#2ca02c")
+    ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99", color="#d62728")
+    ax.axhline(TARGETS["p99_ms"], color="red", linestyle="--", label=f"p99 target {TARGETS['p99_ms']:.0f} ms")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"Latency at {CONNECTIONS} connections")
+    ax.legend(loc="upper left")
+
+    ax = axes[2]
+    before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
+    if before and after:
+        values = [before["total_kb"] / 1024, after["total_kb"] / 1024]
+        ax.bar(["after\nwarm-up", f"after\n{after['requests_served'] // 1000}k req"], values,
+               color=["#9467bd", "#8c564b"])
+        ax.axhline(values[0] * (1 + TARGETS["rss_growth"]), color="red", linestyle="--", label="+10%")
+        ax.legend(loc="lower right")
+        for i, value in enumerate(values):
+            ax.text(i, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("MiB (master + workers)")
+    ax.set_title("Resident memory")
+
+    server = results.get("server", {})
+    fig.suptitle(f"hsmkms benchmark: {server.get('kind', '?')} {WORKERS} workers, "
+                 f"{results.get('cpu_count')} cores, {results.get('started_at', '')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "hsmkms"))}
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("hsmkms", "flask", "werkzeug", "granian", "python-pkcs11", "matplotlib"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    try:
+        found["wrk"] = subprocess.run(["wrk", "--version"], capture_output=True, text=True,
+                                      timeout=5).stdout.split("\n")[0].strip()
+    except OSError:
+        pass
+    try:
+        found["softhsm2"] = subprocess.run(["softhsm2-util", "--version"], capture_output=True, text=True,
+                                           timeout=5).stdout.strip()
+    except OSError:
+        pass
+    return found
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RUN_S, MANY_KEYS, RSS_REQUESTS
+    parser = argparse.ArgumentParser(description="hsmkms benchmark (make bench)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 3 s runs, 500 keys, 20,000 requests for memory (figures not comparable)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary deployment and request files")
+    parser.add_argument("--token-on-disk", action="store_true",
+                        help="keep the SoftHSM token in the temporary folder instead of /dev/shm")
+    args = parser.parse_args(argv)
+    if args.quick:
+        RUN_S, MANY_KEYS, RSS_REQUESTS = 3, 500, 20_000
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    budget = Budget(TOTAL_BUDGET_S)
+    OUT.mkdir(parents=True, exist_ok=True)
+    for stale in ("bare.log", "server.log"):
+        (OUT / stale).unlink(missing_ok=True)
+    results: dict = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "settings": {"workers": WORKERS, "wrk_threads": WRK_THREADS, "connections": CONNECTIONS,
+                     "warmup_s": WARMUP_S, "run_s": RUN_S, "many_keys": MANY_KEYS, "rss_requests": RSS_REQUESTS,
+                     "encryption_context": CONTEXT, "plaintext_bytes": len(PLAINTEXT), "quick": args.quick},
+        "versions": versions(),
+        "git": git_state(),
+    }
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="hsmkms-bench-"))
+    token_dir = None
+    signer = None
+    server = None
+    status = 0
+    try:
+        results["background_cores_before"] = background_load()
+        log(f"deployment in {work}; background load {results['background_cores_before']} cores")
+        token_dir = None
+        if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) and not args.token_on_disk:
+            # The token on tmpfs: creating 10,000 persistent keys is then bounded by CPU, not by the disk's
+            # flushes (the request path reads the token, it does not write it).
+            token_dir = Path(tempfile.mkdtemp(prefix="hsmkms-bench-token-", dir="/dev/shm"))
+        results["token_dir"] = "tmpfs (/dev/shm)" if token_dir else "disk"
+        deployment = Deployment.create(work / "deployment", token_dir)
+        signer = Signer(deployment)
+        bench = Bench(deployment, signer, budget, work, args.quick, results)
+        results["bare"] = bench.bare()
+
+        server = Server("hsmkms serve", [sys.executable, "-m", "hsmkms", "serve", "--config",
+                                         str(deployment.config)], deployment.port, "/readyz", OUT / "server.log")
+        results["startup_s"] = round(server.start(), 2)
+        bench.one_key(server)
+        bench.many_keys(server)
+    except Exception as exc:  # noqa: BLE001 - report what was measured, then the failure
+        log(f"benchmark step failed: {exc!r}")
+        results["failure"] = traceback.format_exc()
+        print(results["failure"], file=sys.stderr)
+        status = 1 if "runs" not in results else 0
+    finally:
+        if server is not None:
+            results["server_log_errors"] = server.log_errors()[:50]
+            results["server_exit_code"] = server.stop()
+        if signer is not None:
+            results["signing"] = {"requests": signer.signed, "seconds": round(signer.seconds, 1)}
+            signer.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            if token_dir is not None:
+                shutil.rmtree(token_dir, ignore_errors=True)
+        else:
+            results["kept"] = str(work)
+
+    results["checks"] = verdicts(results)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    try:
+        chart(results, OUT / "results.png")
+    except Exception as exc:  # noqa: BLE001 - the figures are in the JSON and the summary anyway
+        log(f"chart failed: {exc!r}")
+    print()
+    print(summary(results))
+    if results.get("server_log_errors"):
+        print(f"\nthe server logged {len(results['server_log_errors'])} error line(s); first: "
+              f"{results['server_log_errors'][0][:300]}")
+    print(f"\n{results['elapsed_s']:.0f} s in all; results in {OUT / 'results.json'} and {OUT / 'results.png'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

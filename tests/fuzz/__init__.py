@@ -1,0 +1,1 @@
+"""Hostile-input fuzzing of the live server (hypothesis): see conftest.py for the profiles."""
