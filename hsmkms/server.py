@@ -27,6 +27,7 @@ from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
 from hsmkms.app import Application, build_runtime, create_app, readiness
+from hsmkms.hsm.backend import HsmError
 from hsmkms.metrics import MULTIPROC_ENV
 from hsmkms.scheduler import Scheduler
 from hsmkms.settings import Settings
@@ -70,6 +71,13 @@ def prepare_run_directory(settings: Settings) -> None:
 def worker_app(settings: Settings) -> Application:
     """What each worker serves, made in the worker after the fork."""
     app = create_app(settings)
+    # Log in and list the token's objects, and read the keys, now rather than in the first requests.
+    app.runtime.watch.refresh()
+    app.runtime.services.keys.warm()
+    try:
+        app.runtime.hsm.open()
+    except HsmError as exc:  # the requests will answer 503 and the backend reconnects by itself
+        log.error("worker %d could not open the HSM: %s", os.getpid(), exc)
     Scheduler(app.runtime.services.maintenance, settings.scheduler_interval_seconds).start()
     if settings.metrics_listen:
         threading.Thread(target=_heartbeat, args=(app, run_directory(settings)), name="hsmkms-heartbeat",

@@ -45,6 +45,7 @@ ALIAS_PREFIX = "alias/"
 DAY = 86400
 ROTATION_MIN_DAYS, ROTATION_MAX_DAYS = 7, 730
 DELETION_MIN_DAYS, DELETION_MAX_DAYS = 7, 366
+WARM_KEYS = 100_000
 _ALIAS_NAME = re.compile(r"alias/[A-Za-z0-9_/-]{1,255}\Z")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _INTERVAL = re.compile(r"([0-9]{1,12})([dhms])\Z")
@@ -154,6 +155,15 @@ class KeyService:
             log.error("could not undo HSM object %s (%s); recovery will remove it", version_id, exc)
 
     # --- lookup ------------------------------------------------------------------------------------------
+
+    def warm(self, limit: int = WARM_KEYS) -> int:
+        """Read the newest ``limit`` keys and versions into the caches at once (a worker starting), so that
+        the first request for each key does not read the database.  Returns how many keys were read."""
+        generation = self.watch.generation
+        keys, versions = self.store.live_keys_and_versions(limit)
+        self._keys.fill({k.key_id: k for k in keys}, generation)
+        self._versions.fill({v.version_id: v for v in versions}, generation)
+        return len(keys)
 
     def resolve(self, key_ref: str) -> KeyRecord:
         """A key by id, ``alias/...``, key ARN or alias ARN; Forbidden.KeyNotFound / AliasNotFound."""

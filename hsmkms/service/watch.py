@@ -34,6 +34,11 @@ class Cache(Generic[K, V]):
                 self._entries[key] = value
         return value
 
+    def fill(self, entries: dict[K, V], generation: int) -> None:
+        """Load many entries at once (a worker warming up), unless the caches were cleared meanwhile."""
+        if generation == self._watch.generation:
+            self._entries.update(entries)
+
     def pop(self, key: K) -> None:
         self._entries.pop(key, None)
 

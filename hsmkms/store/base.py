@@ -134,6 +134,8 @@ class Store(Protocol):
 
     def list_versions(self, key_id: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]: ...
 
+    def live_keys_and_versions(self, limit: int) -> tuple[list[KeyRecord], list[VersionRecord]]: ...
+
     def all_versions(self) -> dict[str, bool]:
         """Every version id ever made -> whether its key is live (for doctor)."""
 

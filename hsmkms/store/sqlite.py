@@ -337,6 +337,15 @@ class SqliteStore:
         total = self._read("SELECT COUNT(*) FROM key_versions WHERE key_id = ?", (key_id,))[0][0]
         return [VersionRecord(*row) for row in rows], total
 
+    def live_keys_and_versions(self, limit: int) -> tuple[list[KeyRecord], list[VersionRecord]]:
+        """Up to ``limit`` live keys and their versions, for warming a worker's caches."""
+        keys = [_key(row) for row in self._read(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {_LIVE} ORDER BY created_at DESC LIMIT ?", (limit,))]
+        versions = [VersionRecord(*row) for row in self._read(
+            f"SELECT v.version_id, v.key_id, v.created_at FROM key_versions v JOIN keys k USING (key_id)"
+            f" WHERE k.{_LIVE} ORDER BY v.created_at DESC LIMIT ?", (limit,))]
+        return keys, versions
+
     def all_versions(self) -> dict[str, bool]:
         rows = self._read("SELECT v.version_id, k.destroyed_at IS NULL FROM key_versions v JOIN keys k USING (key_id)")
         return {version_id: bool(live) for version_id, live in rows}

@@ -102,3 +102,21 @@ def test_sealed_secret_is_bound_to_its_id(runtime):
     with pytest.raises(DecryptionFailed):
         access_keys.credential(second)
 
+
+
+def test_a_warm_worker_reads_no_key_from_the_store(runtime, hsm):
+    keys = [runtime.services.keys.create_key(**CREATE) for _ in range(3)]
+    blob = runtime.services.crypto.encrypt(keys[0].key_id, "warm", {}).ciphertext_blob
+    worker = build_runtime(runtime.settings, hsm=hsm)  # a new process
+    worker.watch.refresh()
+    assert worker.services.keys.warm() >= 3
+
+    def no_reads(*args):
+        raise AssertionError("the store was read on the request path")
+
+    for name in ("get_key", "get_version", "get_alias"):
+        setattr(worker.store, name, no_reads)
+    for key in keys:
+        assert worker.services.keys.resolve(key.key_id) == key
+    assert worker.services.crypto.decrypt(blob, {}).plaintext == "warm"
+    worker.store.close()
