@@ -28,6 +28,7 @@ from hsmkms.audit import AuditLog, AuditRecord, context_digest
 from hsmkms.errors import (
     InternalFailure,
     InvalidActionNotFound,
+    InvalidParameter,
     InvalidVersion,
     KmsError,
     MissingParameter,
@@ -182,6 +183,10 @@ class RpcEndpoint:
         access = registered.touches(action, params, self.services.identity, self.services.keys)
         trail.key_id = access.key_id
         authorize(credential.policy, access)
+        if params.boolean("DryRun"):
+            # Alibaba answers a dry run with an error that says whether the call would have succeeded;
+            # hsmkms does not predict that, and refuses rather than doing the real thing.
+            raise InvalidParameter("DryRun", "Dry runs are not supported here; nothing was done.")
         result = registered.handler(Call(self.services, params, credential.access_key_id))
         trail.key_id = result.get("KeyId", trail.key_id)
         trail.key_version_id = result.get("KeyVersionId", "")

@@ -193,6 +193,16 @@ def test_bad_parameter_values(legacy, new_key, action, params, code):
     assert (err.status, err.code) == (400, code), err.message
 
 
+def test_dry_runs_are_refused_not_executed(sdk, new_key):
+    before = sdk.call("ListKeys", PageSize=1)["TotalCount"]
+    for action, params in [("Encrypt", {"KeyId": new_key, "Plaintext": "YQ=="}),
+                           ("GenerateDataKey", {"KeyId": new_key})]:
+        err = refused(sdk, action, DryRun="true", **params)
+        assert (err.status, err.code) == (400, "InvalidParameter") and "DryRun" in err.message
+    assert sdk.call("Encrypt", KeyId=new_key, Plaintext="YQ==", DryRun="false")["KeyId"] == new_key
+    assert sdk.call("ListKeys", PageSize=1)["TotalCount"] == before
+
+
 def test_bad_parameter_values_tea(tea, new_key):
     """The Tea SDK serialises maps itself; its out-of-range numbers and enums get the same answers."""
     for action, params in [
