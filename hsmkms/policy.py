@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hsmkms.jsonutil import reject_duplicate_keys
+
 MAX_POLICY_BYTES = 32768
 POLICY_VERSION = "1"
 ACTION_PREFIX = "kms:"
@@ -108,15 +110,6 @@ class Policy:
         return Decision(True, None)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise PolicyError(f"Duplicate key {key!r} in the policy document.")
-        result[key] = value
-    return result
-
-
 def _patterns(statement: dict[str, object], key: str, index: int) -> tuple[str, ...]:
     """A string or a non-empty list of non-empty strings, as a tuple."""
     where = f"Statement {index}: {key}"
@@ -168,9 +161,7 @@ def parse_policy(text: str) -> Policy:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         raise PolicyError(f"The policy document exceeds {MAX_POLICY_BYTES} bytes.")
     try:
-        doc = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
-    except PolicyError:
-        raise
+        doc = json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except (ValueError, RecursionError) as exc:
         raise PolicyError(f"The policy document is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 
 from hsmkms.errors import InvalidParameter
+from hsmkms.jsonutil import reject_duplicate_keys
 
 MAX_CONTEXT_CHARS = 8192
 
@@ -34,15 +35,6 @@ class Context(dict):
             return self._aad
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
     """Parse the JSON-string form.  ``None`` or an empty string means no context."""
     if text is None or text == "":
@@ -50,7 +42,7 @@ def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
     if len(text) > MAX_CONTEXT_CHARS:
         raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
     try:
-        value = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        value = json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except (ValueError, RecursionError):
         raise InvalidParameter(name, "It must be a JSON object of string keys to string values.") from None
     # The canonical form of a JSON text is never longer than the text, so its length needs no new check.

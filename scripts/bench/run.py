@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hsmkms.api.auth import pct, v1_signature, v1_string_to_sign  # noqa: E402
+from tests.e2e import server as e2e_server  # noqa: E402
 
 API_VERSION = "2016-01-20"
 WORKERS = 2
@@ -109,31 +110,12 @@ def free_port() -> int:
 
 
 def write_config(root: Path, port: int, workers: int, token_dir: Path | None = None) -> Path:
-    """As tests/e2e/server.py's write_config, with the benchmark's own token label.
+    """The test suite's deployment layout, with the benchmark's own token label and quieter logs.
 
     ``token_dir``: where SoftHSM keeps the token (default: in the deployment's data folder).
     """
-    config = root / "hsmkms.toml"
-    config.write_text(
-        f"""
-data_dir = "data"
-[server]
-listen = "127.0.0.1:{port}"
-workers = {workers}
-[kms]
-region = "cn-hangzhou"
-account_id = "1234567890123456"
-[hsm]
-token_label = "hsmkms-bench"
-pin_file = "data/token.pin"
-[hsm.softhsm]
-token_dir = "{token_dir or 'data/tokens'}"
-[log]
-level = "WARNING"
-""",
-        encoding="utf-8",
-    )
-    return config
+    return e2e_server.write_config(root, port, workers, extra='[log]\nlevel = "WARNING"\n',
+                                   token_label="hsmkms-bench", token_dir=str(token_dir or "data/tokens"))
 
 
 @dataclass

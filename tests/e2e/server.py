@@ -24,7 +24,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(root: Path, port: int, workers: int = 2, extra: str = "", pin_file: bool = True) -> Path:
+def write_config(root: Path, port: int, workers: int = 2, extra: str = "", pin_file: bool = True,
+                 token_label: str = "hsmkms-e2e", token_dir: str = "data/tokens") -> Path:
+    """A deployment under ``root``: data in ``root/data``, a SoftHSM token of its own, listening on ``port``."""
     config = root / "hsmkms.toml"
     config.write_text(
         f"""
@@ -36,10 +38,10 @@ workers = {workers}
 region = "cn-hangzhou"
 account_id = "1234567890123456"
 [hsm]
-token_label = "hsmkms-e2e"
+token_label = "{token_label}"
 {'pin_file = "data/token.pin"' if pin_file else ''}
 [hsm.softhsm]
-token_dir = "data/tokens"
+token_dir = "{token_dir}"
 {extra}
 """,
         encoding="utf-8",

@@ -282,7 +282,7 @@ def without(key: str) -> dict:
     [
         ("{", "not valid JSON"),
         ("", "not valid JSON"),
-        ('{"Version": "1", "Version": "1", "Statement": []}', "Duplicate key 'Version'"),
+        ('{"Version": "1", "Version": "1", "Statement": []}', "duplicate key 'Version'"),
         ("[]", "must be a JSON object"),
         ('"policy"', "must be a JSON object"),
         ('{"Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}', "Version must be"),
