@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from tests.e2e.inprocess import InProcessServer, start_in_process
@@ -20,7 +18,7 @@ def server(tmp_path_factory) -> LiveServer:
     yield live
     assert live.stop() == 0, live.log()
     # No request in the suite may have produced a 5xx: the server logs every one of them.
-    failures = [line for line in live.log().splitlines() if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+    failures = live.error_lines()
     assert not failures, "\n".join(failures)
 
 

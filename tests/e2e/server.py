@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HSMKMS = [sys.executable, "-m", "hsmkms"]
+FAILURE_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 START_TIMEOUT_S = 30
 
 
@@ -126,6 +128,10 @@ class LiveServer:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def error_lines(self) -> list[str]:
+        """Lines of the server log that report an error: every 5xx is logged at ERROR (or with a traceback)."""
+        return [line for line in self.log().splitlines() if FAILURE_LINE.search(line)]
 
 
 def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: str | None = None,

@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.e2e.server import LiveServer, provision_server
+from tests.e2e.server import FAILURE_LINE, LiveServer, provision_server
 from tests.fuzz.wire import SERVER_ANSWERS, Signer
 from tests.fuzz.world import World
 
@@ -35,8 +35,6 @@ settings.register_profile(
 )
 settings.load_profile(PROFILE)
 
-# Every 5xx the application answers is logged at ERROR with its traceback.
-_FAILURE_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 _LOG_LINE = re.compile(r"(\d{4}-\d{2}-\d{2} |\[\d{4}-)")
 
 
@@ -57,7 +55,7 @@ def logged_failures(log: str) -> list[str]:
     failures: list[str] = []
     lines = log.splitlines()
     for index, line in enumerate(lines):
-        if not _FAILURE_LINE.search(line) or line.startswith("Traceback"):
+        if not FAILURE_LINE.search(line) or line.startswith("Traceback"):
             continue
         block = [line]
         for following in lines[index + 1:]:
