@@ -210,6 +210,8 @@ class AuditLog:
                 rec = self._pending.popleft()
                 try:
                     self.handler.handle(logging.makeLogRecord({"msg": rec.to_json(), **_LOG_RECORD}))
+                except Exception as exc:  # one bad record must not stop the trail
+                    log.error("audit record %s not written: %s", getattr(rec, "request_id", "?"), exc)
                 finally:
                     with self._idle:
                         with self._lock:
