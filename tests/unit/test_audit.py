@@ -429,3 +429,13 @@ def test_context_manager_closes(audit_path):
         audit.record(make_record(7))
     assert audit.handler.stream is None
     assert read_lines(audit_path)[0]["request_id"] == "req-000007"
+
+
+def test_a_record_that_cannot_be_written_does_not_stop_the_trail(audit_path, open_logs, caplog):
+    caplog.set_level(logging.ERROR, logger="hsmkms.audit")
+    audit = opened(open_logs, audit_path)
+    audit.record(make_record(1, action=b"not text"))
+    audit.record(make_record(2))
+    assert audit.flush(WAIT)
+    assert [line["request_id"] for line in read_lines(audit_path)] == ["req-000002"]
+    assert any("req-000001 not written" in r.getMessage() for r in caplog.records)
