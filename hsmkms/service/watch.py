@@ -39,9 +39,6 @@ class Cache(Generic[K, V]):
         if generation == self._watch.generation:
             self._entries.update(entries)
 
-    def pop(self, key: K) -> None:
-        self._entries.pop(key, None)
-
     def clear(self) -> None:
         self._entries.clear()
 
