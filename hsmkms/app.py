@@ -81,7 +81,7 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
         maintenance=Maintenance(keys),
         identity=identity,
     )
-    nonces = NonceStore(settings.data_dir / "nonces.db")
+    nonces = NonceStore(settings.data_dir / "nonces.lmdb")
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 
@@ -102,8 +102,9 @@ class Application:
         return self.flask(environ, start_response)
 
     def close(self) -> None:
-        """Write out the audit trail (at worker exit)."""
+        """Write out the audit trail and the last metrics (at worker exit)."""
         self.audit.close()
+        self.metrics.flush()
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Application:

@@ -80,7 +80,7 @@ def restore(settings: Settings, source: Path, force: bool = False) -> list[str]:
     restored = []
     database.parent.mkdir(parents=True, exist_ok=True)
     for stale in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm"),
-                  settings.data_dir / "nonces.db"):
+                  settings.data_dir / "nonces.lmdb", settings.data_dir / "nonces.lmdb-lock"):
         stale.unlink(missing_ok=True)
     shutil.copy2(source / DATABASE, database)
     os.chmod(database, 0o600)

@@ -25,11 +25,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hsmkms.jsonutil import reject_duplicate_keys
+from hsmkms.jsonutil import loads_strict
 
 MAX_POLICY_BYTES = 32768
 POLICY_VERSION = "1"
 ACTION_PREFIX = "kms:"
+MAX_REMEMBERED_DECISIONS = 16384  # per policy; the same few (action, key) pairs repeat on the hot path
 
 _STATEMENT_KEYS = frozenset({"Effect", "Action", "Resource"})
 _DOCUMENT_KEYS = frozenset({"Version", "Statement"})
@@ -82,6 +83,7 @@ class Policy:
 
     statements: tuple[Statement, ...]
     document: str  # canonical JSON of the document as given; see to_json()
+    _decisions: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> str:
         """Canonical pretty JSON (sorted keys, two-space indent) of the original document; parses back equal."""
@@ -97,6 +99,16 @@ class Policy:
             raise TypeError("resources must be a sequence of strings, not a string")
         if not resources:
             raise ValueError("a request touches at least one resource")
+        # A policy never changes (a new document is a new Policy), so its decisions can be remembered.
+        remembered = (action, *resources)
+        decision = self._decisions.get(remembered)
+        if decision is None:
+            if len(self._decisions) >= MAX_REMEMBERED_DECISIONS:
+                self._decisions.clear()
+            decision = self._decisions[remembered] = self._decide(action, resources)
+        return decision
+
+    def _decide(self, action: str, resources: Sequence[str]) -> Decision:
         qualified = action if action[: len(ACTION_PREFIX)].lower() == ACTION_PREFIX else ACTION_PREFIX + action
         relevant = [s for s in self.statements if s.matches_action(qualified)]
         denies = [s for s in relevant if s.effect == "Deny"]
@@ -161,7 +173,7 @@ def parse_policy(text: str) -> Policy:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         raise PolicyError(f"The policy document exceeds {MAX_POLICY_BYTES} bytes.")
     try:
-        doc = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+        doc = loads_strict(text)
     except (ValueError, RecursionError) as exc:
         raise PolicyError(f"The policy document is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

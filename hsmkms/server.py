@@ -79,6 +79,7 @@ def worker_app(settings: Settings) -> Application:
     except HsmError as exc:  # the requests will answer 503 and the backend reconnects by itself
         log.error("worker %d could not open the HSM: %s", os.getpid(), exc)
     Scheduler(app.runtime.services.maintenance, settings.scheduler_interval_seconds).start()
+    app.metrics.start_flushing()
     if settings.metrics_listen:
         threading.Thread(target=_heartbeat, args=(app, run_directory(settings)), name="hsmkms-heartbeat",
                          daemon=True).start()

@@ -28,6 +28,7 @@ XML_TYPE = "application/xml;charset=utf-8"
 SERVER_HEADER = ("Server", "")
 # Characters XML 1.0 cannot carry, escaped or not; shown as U+FFFD in XML (JSON carries them as they are).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # made once, not per json.dumps call
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
@@ -68,7 +69,7 @@ def flask_response(reply: Reply) -> Response:
 
 
 def _json(body: dict) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace")
+    return _COMPACT.encode(body).encode("utf-8", "replace")
 
 
 def _xml_element(name: str, value) -> str:

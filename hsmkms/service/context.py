@@ -13,11 +13,12 @@ import json
 from collections.abc import Mapping
 
 from hsmkms.errors import InvalidParameter
-from hsmkms.jsonutil import reject_duplicate_keys
+from hsmkms.jsonutil import loads_strict
 
 MAX_CONTEXT_CHARS = 8192
 
 EMPTY_AAD = b"{}"
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # made once
 
 
 class Context(dict):
@@ -42,7 +43,7 @@ def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
     if len(text) > MAX_CONTEXT_CHARS:
         raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
     try:
-        value = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+        value = loads_strict(text)
     except (ValueError, RecursionError):
         raise InvalidParameter(name, "It must be a JSON object of string keys to string values.") from None
     # The canonical form of a JSON text is never longer than the text, so its length needs no new check.
@@ -62,7 +63,7 @@ def validate_context(value: object, name: str = "EncryptionContext", check_lengt
 
 
 def canonical_text(context: Mapping[str, str]) -> str:
-    return json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(context)
 
 
 def canonical_aad(context: Mapping[str, str]) -> bytes:

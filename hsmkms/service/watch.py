@@ -1,18 +1,23 @@
 """Process-local caches of metadata, dropped whenever the metadata store changed.
 
 The hot path must not read the database on every request, yet a key disabled through another worker
-process or the CLI must be refused at once.  SQLite's ``PRAGMA data_version`` changes whenever another
-connection committed, and costs a few microseconds; ``refresh()`` runs once per request and clears every
-registered cache when it moved.  An entry read before a clear is not stored after it (``generation``).
+process or the CLI must be refused at once.  ``refresh()`` runs once per request and clears every
+registered cache when the store's change counter moved (a memory read; every write through the store
+bumps it), and, as a backstop for writes that bypass the counter, when ``data_version`` moved (a read
+transaction, so asked at most every DATA_VERSION_INTERVAL_S).  An entry read before a clear is not stored
+after it (``generation``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from hsmkms.store.base import Store
+
+DATA_VERSION_INTERVAL_S = 1.0
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -46,7 +51,9 @@ class Cache(Generic[K, V]):
 class StoreWatch:
     def __init__(self, store: Store):
         self._store = store
-        self._seen: int | None = None
+        self._seen_counter: bytes | None = None
+        self._seen_version: int | None = None
+        self._next_version_check = 0.0
         self._caches: list[Cache] = []
         self._lock = threading.Lock()
         self.generation = 0
@@ -55,14 +62,21 @@ class StoreWatch:
         self._caches.append(cache)
 
     def refresh(self) -> None:
-        version = self._store.data_version()
-        if version != self._seen:
-            self.invalidate(version)
+        counter = self._store.change_counter()
+        if counter != self._seen_counter:
+            self.invalidate()
+            self._seen_counter = counter
+        now = time.monotonic()
+        if now >= self._next_version_check:
+            self._next_version_check = now + DATA_VERSION_INTERVAL_S
+            version = self._store.data_version()
+            if version != self._seen_version:
+                self.invalidate()
+                self._seen_version = version
 
-    def invalidate(self, version: int | None = None) -> None:
+    def invalidate(self) -> None:
         """Drop every cached entry (also called after this process changed metadata itself)."""
         with self._lock:
             self.generation += 1
-            self._seen = version
             for cache in self._caches:
                 cache.clear()

@@ -105,7 +105,10 @@ class Store(Protocol):
     def ping(self) -> bool: ...
 
     def data_version(self) -> int:
-        """Changes whenever another connection (thread or process) committed; cheap enough per request."""
+        """Changes whenever another connection (thread or process) committed."""
+
+    def change_counter(self) -> bytes:
+        """Changes whenever anyone committed through this store's code; a memory read, for every request."""
 
     # keys and versions (destroyed keys and their versions are invisible to get_* and list_*)
     def begin_object(self, pending: PendingObject) -> None: ...

@@ -3,10 +3,18 @@
 Each thread gets its own connection (sqlite3 connections are not shared across threads); a separate
 watcher connection answers ``data_version`` so callers can drop caches when another process committed.
 Writes are synchronous=FULL: a key acknowledged to a client is on disk.
+
+Every committed write also bumps a counter in ``<database>-changes`` (8 bytes, mapped into memory by every
+process): reading it costs a memory read, where ``PRAGMA data_version`` costs a read transaction, and the
+hot path asks on every request.  ``data_version`` stays the slower backstop for writers that do not bump
+the counter (an operator's sqlite3 shell, a crash between commit and bump).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import mmap
 import os
 import sqlite3
 import threading
@@ -27,7 +35,10 @@ from hsmkms.store.base import (
     VersionRecord,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+_COUNTER_BYTES = 8
 
 # Append only: each entry moves the schema from version N to N+1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -144,6 +155,9 @@ class SqliteStore:
         self._watch_lock = threading.Lock()
         self._watcher: sqlite3.Connection | None = None
         self._watcher_pid: int | None = None
+        self.changes_path = self.path.with_name(self.path.name + "-changes")
+        self._changes: mmap.mmap | None = None
+        self._changes_pid: int | None = None
 
     # --- connections -------------------------------------------------------------------------------------
 
@@ -184,6 +198,46 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        self._bump_changes()
+
+    def _open_changes(self) -> int:
+        """The counter file, created (8 zero bytes, mode 0600) when missing; returns an open descriptor."""
+        fd = os.open(self.changes_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _COUNTER_BYTES:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_size < _COUNTER_BYTES:
+                    os.pwrite(fd, bytes(_COUNTER_BYTES), 0)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _bump_changes(self) -> None:
+        try:
+            fd = self._open_changes()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # writers in other processes bump the same counter
+                count = int.from_bytes(os.pread(fd, _COUNTER_BYTES, 0), "little")
+                os.pwrite(fd, ((count + 1) % 2**64).to_bytes(_COUNTER_BYTES, "little"), 0)
+            finally:
+                os.close(fd)  # also releases the lock
+        except OSError as exc:  # caches then notice the commit through data_version, a moment later
+            log.warning("cannot bump the change counter %s: %s", self.changes_path, exc)
+
+    def change_counter(self) -> bytes:
+        """The change counter's current bytes: different after any write committed through this class."""
+        if self._changes is None or self._changes_pid != os.getpid():
+            try:
+                fd = self._open_changes()
+            except OSError as exc:
+                raise StoreError(f"change counter {self.changes_path}: {exc}") from exc
+            try:
+                self._changes = mmap.mmap(fd, _COUNTER_BYTES, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._changes_pid = os.getpid()
+        return self._changes[:_COUNTER_BYTES]
 
     def _read(self, sql: str, args: tuple = ()) -> list:
         with self._errors():
@@ -207,6 +261,7 @@ class SqliteStore:
                     raise
                 conn.execute("COMMIT")
         os.chmod(self.path, 0o600)
+        self._bump_changes()
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -217,6 +272,9 @@ class SqliteStore:
             if self._watcher is not None and self._watcher_pid == os.getpid():
                 self._watcher.close()
             self._watcher = None
+            if self._changes is not None:
+                self._changes.close()
+            self._changes = None
 
     def backup(self, destination: Path) -> None:
         """A consistent copy of the database while it is in use (SQLite's online backup, one snapshot)."""

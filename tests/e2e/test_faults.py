@@ -199,12 +199,15 @@ def test_real_token_made_unavailable_mid_run(tmp_path):
 
         assert eventually(serves, 20)
         assert ready(live.endpoint) and ready(live.endpoint)
-        with urllib.request.urlopen(live.url + "/metrics", timeout=30) as response:
-            metrics = response.read().decode()
-        refusals = re.search(r'hsmkms_requests_total\{action="Decrypt",code="ServiceUnavailableTemporary"\} (\S+)',
-                             metrics)
-        assert refusals and float(refusals.group(1)) >= 4
-        assert re.search(r'hsmkms_hsm_errors_total\{[^}]*operation="decrypt"[^}]*\} [1-9]', metrics)
+        def counted() -> bool:  # workers publish their figures every FLUSH_INTERVAL_S
+            with urllib.request.urlopen(live.url + "/metrics", timeout=30) as response:
+                metrics = response.read().decode()
+            refusals = re.search(
+                r'hsmkms_requests_total\{action="Decrypt",code="ServiceUnavailableTemporary"\} (\S+)', metrics)
+            return bool(refusals and float(refusals.group(1)) >= 4
+                        and re.search(r'hsmkms_hsm_errors_total\{[^}]*operation="decrypt"[^}]*\} [1-9]', metrics))
+
+        assert eventually(counted, 10)
     finally:
         assert live.stop() == 0
     # Each failed request was a 503 with its cause logged; nothing else went wrong.

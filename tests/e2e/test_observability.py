@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +21,17 @@ def fetch(url: str) -> tuple[int, str, str]:
             return response.status, response.headers["Content-Type"], response.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.headers["Content-Type"], err.read().decode()
+
+
+def metrics_once(url: str, settled, seconds: float = 10.0) -> str:
+    """The exposition once ``settled(text)`` holds, or the last one after ``seconds`` (each worker publishes
+    its figures every FLUSH_INTERVAL_S, so a scrape right after a request may not show it yet)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        text = fetch(url)[2]
+        if settled(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.1)
 
 
 def sample(metrics: str, name: str, **labels: str) -> float:
@@ -47,8 +59,12 @@ def test_metrics_add_up_every_worker(observed):
         client.call("Decrypt", CiphertextBlob=data_key["CiphertextBlob"])
     with pytest.raises(ApiError):
         client.call("DescribeKey", KeyId="alias/absent")
-    status, content_type, metrics = fetch(ops + "/metrics")
+    status, content_type, _ = fetch(ops + "/metrics")
     assert status == 200 and content_type.startswith("text/plain")
+    metrics = metrics_once(ops + "/metrics", lambda text: (
+        sample(text, "hsmkms_requests_total", action="Decrypt", code="Success") >= 20
+        and sample(text, "hsmkms_requests_total", action="GenerateDataKey", code="Success") >= 20
+        and sample(text, "hsmkms_requests_total", action="DescribeKey", code="Forbidden.AliasNotFound") >= 1))
     assert sample(metrics, "hsmkms_requests_total", action="GenerateDataKey", code="Success") == 20
     assert sample(metrics, "hsmkms_requests_total", action="Decrypt", code="Success") == 20
     assert sample(metrics, "hsmkms_requests_total", action="DescribeKey", code="Forbidden.AliasNotFound") == 1
@@ -62,7 +78,8 @@ def test_made_up_actions_share_one_label(observed):
     live, ops = observed
     for name in ("Nope1", "Nope2", "Nope3"):
         fetch(f"{live.url}/?Action={name}&Version=2016-01-20")
-    metrics = fetch(ops + "/metrics")[2]
+    metrics = metrics_once(ops + "/metrics", lambda text: sample(
+        text, "hsmkms_requests_total", action="unknown", code="InvalidAction.NotFound") >= 3)
     assert sample(metrics, "hsmkms_requests_total", action="unknown", code="InvalidAction.NotFound") == 3
     assert "Nope1" not in metrics
 

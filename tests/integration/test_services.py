@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 import uuid
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed
+from hsmkms.service import watch as watch_module
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
 from hsmkms.store.sqlite import SqliteStore
@@ -76,6 +79,36 @@ def test_changes_from_another_process_drop_the_caches(runtime):
     runtime.watch.refresh()
     with pytest.raises(AliasNotFound):
         keys.resolve("alias/moving")
+
+
+def test_every_committed_write_bumps_the_private_change_counter(runtime):
+    store = runtime.store
+    before = store.change_counter()
+    key = runtime.services.keys.create_key(**CREATE)
+    runtime.services.keys.create_alias("alias/counted", key.key_id)
+    after_create = store.change_counter()
+    assert after_create != before
+    other = SqliteStore(store.path)  # another process's store object bumps the same counter
+    assert other.delete_alias("alias/counted")
+    other.close()
+    assert store.change_counter() != after_create
+    assert stat.S_IMODE(store.changes_path.stat().st_mode) == 0o600
+
+
+def test_a_write_that_bypasses_the_counter_is_noticed_through_data_version(runtime, monkeypatch):
+    monkeypatch.setattr(watch_module, "DATA_VERSION_INTERVAL_S", 0.0)  # the backstop at every refresh
+    keys = runtime.services.keys
+    key = keys.create_key(**CREATE)
+    keys.create_alias("alias/sideways", key.key_id)
+    runtime.watch.refresh()
+    assert keys.resolve("alias/sideways").key_id == key.key_id  # cached
+    with sqlite3.connect(runtime.store.path) as raw:  # an operator's sqlite3 shell: no counter bump
+        raw.execute("DELETE FROM aliases WHERE alias_name = 'alias/sideways'")
+    raw.close()
+    assert keys.resolve("alias/sideways").key_id == key.key_id  # no refresh yet: still the cached entry
+    runtime.watch.refresh()
+    with pytest.raises(AliasNotFound):
+        keys.resolve("alias/sideways")
 
 
 def test_access_key_secret_is_sealed_at_rest(runtime):

@@ -382,3 +382,16 @@ def test_policies_are_immutable_and_comparable():
     assert p == parse_policy(APP_POLICY)
     assert p != parse_policy(OPERATOR_POLICY)
     assert hash(p) == hash(parse_policy(APP_POLICY))
+
+
+def test_remembered_decisions_match_fresh_ones_and_stay_bounded(monkeypatch):
+    monkeypatch.setattr("hsmkms.policy.MAX_REMEMBERED_DECISIONS", 8)
+    policy = parse_policy(OPERATOR_POLICY)
+    fresh = parse_policy(OPERATOR_POLICY)
+    cases = [(action, [f"acs:kms:cn-hangzhou:123:key/k{n}"])
+             for action in ("Decrypt", "kms:CreateKey", "ScheduleKeyDeletion", "DescribeKey") for n in range(5)]
+    for _ in range(3):  # second and third rounds come from memory (and the memory is cleared on the way)
+        for action, resources in cases:
+            assert policy.evaluate(action, resources) == fresh._decide(action, resources)
+            assert len(policy._decisions) <= 8
+    assert {policy.evaluate(a, r).allowed for a, r in cases} == {True, False}
