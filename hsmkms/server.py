@@ -91,11 +91,14 @@ def worker_app(settings: Settings) -> Application:
 def _heartbeat(app: Application, directory: Path) -> None:
     """Tell the master, every HEARTBEAT_SECONDS, whether this worker is ready."""
     path = directory / f"ready.{os.getpid()}"
+    temporary = directory / f".ready.{os.getpid()}.tmp"  # this worker's own, and not matched by ready.*
     while True:
-        ready, _ = readiness(app.runtime)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("1" if ready else "0")
-        temporary.replace(path)
+        try:
+            ready, _ = readiness(app.runtime)
+            temporary.write_text("1" if ready else "0")
+            temporary.replace(path)
+        except Exception:  # a report missed is a worker shown not ready for a moment, not a heartbeat gone
+            log.exception("worker %d could not write its readiness report", os.getpid())
         time.sleep(HEARTBEAT_SECONDS)
 
 

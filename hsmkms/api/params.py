@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from hsmkms.errors import InvalidParameter, MissingParameter, ParseRequestParameterException
 from hsmkms.service.context import parse_context, validate_context
@@ -27,8 +27,24 @@ def parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
     if not encoded:
         return []
     try:
-        return parse_qsl(encoded.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
-                         max_num_fields=MAX_PARAMETERS)
+        text = encoded.decode("ascii")
+        if text.count("&") >= MAX_PARAMETERS:  # as parse_qsl counts fields: empty ones too
+            raise ValueError("too many fields")
+        # parse_qsl's splitting, without its unquote() per name and value (most of its time).
+        pieces: list[str] = []  # name, value, name, value ...
+        for field in text.split("&"):
+            if field:  # empty fields are skipped; a field without '=' has an empty value
+                name, _, value = field.partition("=")
+                pieces += (name, value)
+        if "%" in text or "+" in text:
+            # All pieces decoded in one call, joined by NULs: an escape cannot span a NUL (not a hex digit), and
+            # UTF-8 is valid joined by NULs exactly when each piece is valid alone.
+            decoded = unquote_to_bytes("\x00".join(pieces).replace("+", " ")).decode("utf-8").split("\x00")
+            if len(decoded) != len(pieces):  # a NUL in the data itself (raw or %00): decode piece by piece
+                return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                                 max_num_fields=MAX_PARAMETERS)
+            pieces = decoded
+        return list(zip(pieces[::2], pieces[1::2], strict=True))
     except (UnicodeDecodeError, ValueError):
         raise ParseRequestParameterException() from None
 

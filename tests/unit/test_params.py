@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, quote_from_bytes
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from hsmkms.api.params import MAX_PARAMETERS, Params, merge, parse_pairs
 from hsmkms.errors import InvalidParameter, MissingParameter, ParseRequestParameterException
@@ -75,6 +79,113 @@ def test_parse_pairs_field_limit():
 def test_parse_pairs_far_over_limit():
     with pytest.raises(ParseRequestParameterException):
         parse_pairs(b"&".join([b"a=1"] * 10_000))
+
+
+# parse_pairs decodes all names and values in one call; it must answer exactly as parse_qsl did, errors included.
+
+
+def reference_parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
+    """parse_pairs as it was: urllib's parse_qsl and nothing else."""
+    if not encoded:
+        return []
+    try:
+        return parse_qsl(encoded.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict",
+                         max_num_fields=MAX_PARAMETERS)
+    except (UnicodeDecodeError, ValueError):
+        raise ParseRequestParameterException() from None
+
+
+def outcome(function, *args):
+    """What a call gives: its result, or the type, args and text of what it raised."""
+    try:
+        return "result", function(*args)
+    except Exception as error:  # whatever it is, compared between the implementations
+        return "error", type(error), error.args, str(error)
+
+
+# Pure functions, microseconds a call: far more examples than the ci fuzz profile gives a test.
+EQUIVALENCE = settings(max_examples=500, deadline=None)
+
+# Pieces that make separators, escapes (good, malformed, invalid UTF-8, encoded separators and NULs) and bytes
+# that are not ASCII, glued together at random.
+QUERY_TOKENS = [
+    b"a", b"Key", b"0", b"~", b"-", b".", b"_", b"=", b"&", b"&&", b";", b"+", b" ", b"%", b"%2", b"%4", b"%41",
+    b"%4a", b"%3D", b"%3d", b"%26", b"%2B", b"%20", b"%25", b"%00", b"\x00", b"%C3", b"%A9", b"%c3%a9",
+    b"%E2%82%AC", b"%ED%A0%80", b"%F0%9F%98%80", b"%FF", b"%zz", b"%%", b"\x80", b"\xc3\xa9", b"\xff", b"\t",
+    b"#", b"?", b"\x7f",
+]
+token_queries = st.lists(st.sampled_from(QUERY_TOKENS), max_size=40).map(b"".join)
+# name=value fields, names and values escaped from any bytes (so some escapes are not UTF-8, or decode to NUL,
+# '&' or '='), or raw from a small alphabet.
+query_parts = st.one_of(
+    st.binary(max_size=12).map(lambda raw: quote_from_bytes(raw, safe="")),
+    st.text(alphabet="aZ09-_.~+%:/;", max_size=12),
+)
+field_queries = st.lists(st.tuples(query_parts, query_parts), max_size=12).map(
+    lambda fields: "&".join(f"{name}={value}" for name, value in fields).encode("ascii"))
+# Around the field limit, with fields that are name=value, a name alone or empty.
+many_fields = st.tuples(st.integers(MAX_PARAMETERS - 2, MAX_PARAMETERS + 2), st.sampled_from([b"a=1", b"", b"a"])
+                        ).map(lambda shape: b"&".join([shape[1]] * shape[0]))
+
+TYPICAL_QUERY = (
+    b"Action=GenerateDataKey&Version=2016-01-20&Format=JSON&AccessKeyId=LTAI5tExampleAccessKey01"
+    b"&SignatureMethod=HMAC-SHA1&SignatureVersion=1.0&SignatureNonce=0123456789abcdef0123456789abcdef"
+    b"&Timestamp=2026-11-29T12%3A00%3A00Z&KeyId=alias%2Fdev&EncryptionContext=%7B%22app%22%3A%22bench%22%7D"
+    b"&Signature=ab%2Bcd%2Fef12345678901234%3D"
+)
+
+
+@EQUIVALENCE
+@given(st.one_of(token_queries, field_queries, many_fields, st.binary(max_size=80)))
+@example(TYPICAL_QUERY)
+@example(b"a=%00&b=1")
+@example(b"a=\x00&b=1")
+@example(b"a=1&b")
+@example(b"a=1&&b=2")
+@example(b"a=b=c&d")
+@example(b"k=%C3&x=%A9")
+@example(b"k=%C3%A9&x=%A9")
+@example(b"k=%4&x=%")
+def test_parse_pairs_same_as_parse_qsl(encoded):
+    assert outcome(parse_pairs, encoded) == outcome(reference_parse_pairs, encoded)
+
+
+def test_parse_pairs_typical_request():
+    pairs = parse_pairs(TYPICAL_QUERY)
+    assert pairs[-4:] == [("Timestamp", "2026-11-29T12:00:00Z"), ("KeyId", "alias/dev"),
+                          ("EncryptionContext", '{"app":"bench"}'), ("Signature", "ab+cd/ef12345678901234=")]
+    assert len(pairs) == 11
+
+
+@pytest.mark.parametrize(
+    ("encoded", "expected"),
+    [
+        (b"a=1&&b=2&", [("a", "1"), ("b", "2")]),  # empty fields are skipped
+        (b"&", []),
+        (b"a;b=1;c", [("a;b", "1;c")]),  # ';' is not a separator (Python 3.10+)
+        (b"a=b=c", [("a", "b=c")]),  # only the first '=' separates
+        (b"=", [("", "")]),
+        (b"=v&n=", [("", "v"), ("n", "")]),
+        (b"%zz=%4&%=%%41", [("%zz", "%4"), ("%", "%A")]),  # malformed escapes are kept as they are
+        (b"a%3Db=c%26d", [("a=b", "c&d")]),  # encoded separators are data
+        (b"a=%00&b=\x00", [("a", "\x00"), ("b", "\x00")]),  # NULs, escaped or raw
+        (b"a+b=%2B+", [("a b", "+ ")]),
+    ],
+)
+def test_parse_pairs_edge_cases(encoded, expected):
+    assert parse_pairs(encoded) == expected == reference_parse_pairs(encoded)
+
+
+@pytest.mark.parametrize("encoded", [b"a=%C3&b=%A9", b"a=%C3%A9&b=%A9", b"a=%C3=%A9", b"a=1&b=\xc3\xa9"])
+def test_parse_pairs_rejects_invalid_utf8_split_across_fields(encoded):
+    with pytest.raises(ParseRequestParameterException):
+        parse_pairs(encoded)
+
+
+def test_parse_pairs_field_limit_counts_empty_fields():
+    assert parse_pairs(b"&" * (MAX_PARAMETERS - 1)) == []
+    with pytest.raises(ParseRequestParameterException):
+        parse_pairs(b"&" * MAX_PARAMETERS)
 
 
 # --- merge ---------------------------------------------------------------------------------------------
