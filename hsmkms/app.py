@@ -81,7 +81,7 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
         maintenance=Maintenance(keys),
         identity=identity,
     )
-    nonces = NonceStore(settings.data_dir / "nonces.lmdb")
+    nonces = NonceStore(settings.data_dir / "nonces.db")
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 
