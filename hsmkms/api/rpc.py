@@ -103,7 +103,7 @@ class Trail:
     access_key_id: str = ""
     key_id: str = ""
     key_version_id: str = ""
-    context_sha256: str = ""
+    params: Params | None = None  # its encryption context is hashed for the record, after the handler parsed it
 
 
 class RpcEndpoint:
@@ -140,7 +140,7 @@ class RpcEndpoint:
             action=trail.action,
             key_id=trail.key_id,
             key_version_id=trail.key_version_id,
-            context_sha256=trail.context_sha256,
+            context_sha256=_context_digest(trail.params) if trail.params is not None else "",
             outcome=outcome,
             http_status=reply.status,
             latency_ms=seconds * 1000,
@@ -173,9 +173,8 @@ class RpcEndpoint:
             raise InvalidActionNotFound()
 
         self.watch.refresh()
-        params = Params(values)
+        params = trail.params = Params(values)
         trail.access_key_id = _claimed_access_key(values, headers)
-        trail.context_sha256 = _context_digest(params)
         credential = self.authenticator.authenticate(
             SignedRequest(method, environ.get("PATH_INFO", "/"), query, values, headers, body)
         )
@@ -200,9 +199,11 @@ def _claimed_access_key(values: dict[str, str], headers: dict[str, str]) -> str:
 
 
 def _context_digest(params: Params) -> str:
-    """SHA-256 of the canonical encryption context a request names, for the audit trail ("" if none)."""
+    """SHA-256 of the canonical encryption context a request names, for the audit trail ("" if none).
+    Parsed once per request: after a handler that used the context, this only hashes it."""
+    dotted = any("." in key for key in params.values)  # a flattened context (Node SDK)?
     for name in _CONTEXT_PARAMETERS:
-        if any(k == name or k.startswith(name + ".") for k in params.values):
+        if name in params.values or dotted and any(k.startswith(name + ".") for k in params.values):
             try:
                 return context_digest(canonical_aad(params.context(name)))
             except KmsError:
