@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,18 +65,38 @@ def test_an_expired_record_may_be_claimed_again(store):
 
 
 def test_pruning_removes_expired_entries_and_keeps_live_ones(store):
-    for i in range(100):
+    for i in range(300):
         assert claim(store, f"old-{i}", now=NOW, expires=NOW + 5)
     for i in range(50):
-        assert claim(store, f"live-{i}", now=NOW, expires=NOW + 100)
-    assert store.count() == 150
-    assert claim(store, "trigger", now=NOW + nonces_module.PRUNE_INTERVAL_S + 1)
-    assert store.count() == 51
+        assert claim(store, f"live-{i}", now=NOW, expires=NOW + 10_000)
+    assert store.count() == 350
+    interval, slices = nonces_module.PRUNE_INTERVAL_S, nonces_module.PRUNE_SLICES
+    now = NOW
+    for turn in range(slices):  # one slice of the digest space a pass: all of it after PRUNE_SLICES passes
+        now += interval
+        assert claim(store, f"trigger-{turn}", now=now, expires=now + 10_000)
+        if turn == 0:
+            assert 300 < store.count() < 350  # the first pass deleted only what its slice held
+    assert store.count() == 50 + slices
     for i in range(50):
-        assert not claim(store, f"live-{i}", now=NOW + nonces_module.PRUNE_INTERVAL_S + 1)
+        assert not claim(store, f"live-{i}", now=now)
 
 
-def test_pruning_waits_for_its_interval(store):
+def test_a_pruning_pass_deletes_one_slice(store, monkeypatch):
+    monkeypatch.setattr(nonces_module, "PRUNE_SLICES", 4)
+    for i in range(400):
+        assert claim(store, f"old-{i}", now=NOW, expires=NOW)
+    left = [400]
+    for turn in range(4):
+        assert claim(store, f"t-{turn}", now=NOW + (turn + 1) * nonces_module.PRUNE_INTERVAL_S, expires=NOW + 10**6)
+        left.append(store.count() - (turn + 1))  # what is left of the 400
+    removed = [before - after for before, after in zip(left, left[1:], strict=False)]
+    assert all(40 < r < 160 for r in removed), removed  # about a quarter each: digests are uniform
+    assert left[-1] == 0
+
+
+def test_pruning_waits_for_its_interval(store, monkeypatch):
+    monkeypatch.setattr(nonces_module, "PRUNE_SLICES", 1)
     assert claim(store, "old", now=NOW, expires=NOW)  # recorded until NOW + 1
     assert claim(store, "new", now=NOW + 5)
     assert claim(store, "newer", now=NOW + nonces_module.PRUNE_INTERVAL_S - 1)
@@ -201,3 +223,28 @@ def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path):
         assert "then: True False" in child.stdout  # usable again once there is space; nothing forgotten
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_claim_waits_for_another_process_to_release_the_lock(store, path):
+    assert claim(store, "first")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another worker in the middle of its claim, holding the write lock
+    threading.Timer(0.05, lambda: other.execute("COMMIT")).start()
+    started = time.monotonic()
+    assert claim(store, "second")
+    assert 0.04 < time.monotonic() - started < 2
+    other.close()
+
+
+def test_a_lock_held_too_long_is_a_store_error(store, path, monkeypatch):
+    monkeypatch.setattr(nonces_module, "BUSY_TIMEOUT_S", 0.05)
+    assert claim(store, "first")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            claim(store, "second")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert claim(store, "second")
