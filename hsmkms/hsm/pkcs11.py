@@ -297,10 +297,13 @@ class Pkcs11Backend:
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             try:
                 label, object_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
+                if label.startswith(LABEL_PREFIX):
+                    # python-pkcs11 reads the key type at an object's first encrypt or decrypt and keeps it;
+                    # each attribute read costs SoftHSM ~70 µs, so it is done here, not in a request.
+                    obj.key_type  # noqa: B018
+                    keys[object_id.decode("ascii", "replace")] = obj
             except _STALE_HANDLE_ERRORS:
                 continue  # gone while we listed
-            if label.startswith(LABEL_PREFIX):
-                keys[object_id.decode("ascii", "replace")] = obj
         return keys
 
     def _key(self, session, object_id: str):

@@ -126,3 +126,18 @@ def test_backend_reopens_after_fork(hsm):
     assert queue.get(timeout=5) == b"from the parent"
     # The parent's session is untouched.
     assert hsm.gcm_decrypt(object_id, iv, sealed, b"") == b"from the parent"
+
+
+def test_a_freshly_opened_backend_has_read_what_the_crypto_path_needs(hsm, hsm_settings):
+    """Each attribute read costs SoftHSM tens of microseconds, and python-pkcs11 reads a key's type at its
+    first encrypt or decrypt: a worker reads it when it opens, not in a request."""
+    object_id = new_key(hsm)
+    worker = Pkcs11Backend(hsm_settings.module, hsm_settings.token_label, hsm_settings.read_pin)
+    worker.open()  # lists the token, as a worker starting does
+    try:
+        key = worker._keys[object_id]
+        assert "key_type" in vars(key)  # python-pkcs11's cached_property, already filled
+        sealed = worker.gcm_encrypt(object_id, b"\0" * 12, b"data key", b"{}")
+        assert worker.gcm_decrypt(object_id, b"\0" * 12, sealed, b"{}") == b"data key"
+    finally:
+        worker.close()
