@@ -7,6 +7,7 @@ share one token for the session (found by label); live servers get tokens of the
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,11 @@ def runtime(hsm_settings: Settings, hsm: Pkcs11Backend, tmp_path: Path) -> Runti
     yield rt
     rt.store.close()
     rt.nonces.close()
+
+
+@pytest.fixture
+def loose_umask():
+    """A umask that would leave new files world-readable, so only the code's own modes keep them private."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)

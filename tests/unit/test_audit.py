@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import stat
 import subprocess
@@ -66,14 +65,6 @@ def read_lines(*paths: Path) -> list[dict]:
 @pytest.fixture
 def audit_path(tmp_path: Path) -> Path:
     return tmp_path / "audit" / "audit.log"
-
-
-@pytest.fixture
-def loose_umask():
-    """A umask that would leave new files world-readable, so only the code's own 0600 keeps them private."""
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
 
 
 @pytest.fixture

@@ -5,12 +5,13 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, quote_from_bytes
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hsmkms.api.params import MAX_PARAMETERS, Params, merge, parse_pairs
 from hsmkms.errors import InvalidParameter, MissingParameter, ParseRequestParameterException
 from hsmkms.service.context import canonical_aad
+from tests.equivalence import EQUIVALENCE, outcome
 
 # --- parse_pairs ---------------------------------------------------------------------------------------
 
@@ -94,17 +95,6 @@ def reference_parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
     except (UnicodeDecodeError, ValueError):
         raise ParseRequestParameterException() from None
 
-
-def outcome(function, *args):
-    """What a call gives: its result, or the type, args and text of what it raised."""
-    try:
-        return "result", function(*args)
-    except Exception as error:  # whatever it is, compared between the implementations
-        return "error", type(error), error.args, str(error)
-
-
-# Pure functions, microseconds a call: far more examples than the ci fuzz profile gives a test.
-EQUIVALENCE = settings(max_examples=500, deadline=None)
 
 # Pieces that make separators, escapes (good, malformed, invalid UTF-8, encoded separators and NULs) and bytes
 # that are not ASCII, glued together at random.

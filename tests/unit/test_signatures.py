@@ -11,7 +11,7 @@ import re
 from urllib.parse import quote
 
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from hsmkms.api.auth import (
@@ -43,6 +43,7 @@ from hsmkms.errors import (
 )
 from hsmkms.service.access_keys import Credential
 from hsmkms.store.nonces import NonceStore
+from tests.equivalence import EQUIVALENCE, outcome
 
 # --- V1 known answers ----------------------------------------------------------------------------------
 
@@ -310,17 +311,6 @@ def reference_v3_canonical_request(method, path, query, headers, signed_headers,
         [method, path, canonical_query, canonical_headers, ";".join(signed_headers), payload_hash]
     )
 
-
-def outcome(function, *args):
-    """What a call gives: its result, or the type, args and text of what it raised."""
-    try:
-        return "result", function(*args)
-    except Exception as error:  # whatever it is, compared between the implementations
-        return "error", type(error), error.args, str(error)
-
-
-# Pure functions, microseconds a call: far more examples than the ci fuzz profile gives a test.
-EQUIVALENCE = settings(max_examples=500, deadline=None)
 
 # Text of every kind: any code point (lone surrogates included), or mostly the characters that matter here.
 ANY_CHARACTER = st.characters(exclude_categories=())

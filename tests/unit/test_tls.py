@@ -45,14 +45,6 @@ def serials(certs: DevCertificates) -> tuple[int, int]:
 
 
 @pytest.fixture
-def loose_umask():
-    """A umask that would leave new files world-readable, so only the code's own modes keep keys private."""
-    old = os.umask(0o022)
-    yield
-    os.umask(old)
-
-
-@pytest.fixture
 def certs(tmp_path: Path, loose_umask) -> DevCertificates:
     return ensure_dev_certificates(tmp_path / "tls")
 
