@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own, in C
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,12 +59,20 @@ _now = time.time
 
 def utc_timestamp(when: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``, e.g. ``2024-05-01T12:34:56.789Z``."""
+    global _last_second
     when = time.time() if when is None else when
     seconds = math.floor(when)
     micros = round((when - seconds) * 1_000_000)  # rounded like datetime.fromtimestamp, then cut to ms
     if micros == 1_000_000:
         seconds, micros = seconds + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds)) + f"{micros // 1000:03d}Z"
+    cached_seconds, prefix = _last_second
+    if cached_seconds != seconds:  # a batch of records mostly shares its second: format it once
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+        _last_second = (seconds, prefix)
+    return f"{prefix}{micros // 1000:03d}Z"
+
+
+_last_second: tuple[int, str] = (-1, "")  # (unix second, its formatted prefix), replaced as one tuple
 
 
 def context_digest(aad: bytes | None) -> str:
@@ -100,22 +109,29 @@ class AuditRecord:
     latency_ms: float
 
     def to_json(self) -> str:
-        """The compact line, ASCII only: no raw newline or U+2028 can split it for a line-based reader."""
-        values: dict[str, Any] = {"time": utc_timestamp(self.time)}
+        """The compact line, ASCII only: no raw newline or U+2028 can split it for a line-based reader.
+        Written out field by field (each string through json's own escaping), in AUDIT_FIELDS order."""
+        parts = ['{"time":"', utc_timestamp(self.time), '"']
         for name in _STR_FIELDS:
             value = getattr(self, name)
             if value is None:
                 value = ""
             elif not isinstance(value, str):
                 raise TypeError(f"AuditRecord.{name} must be a str, not {type(value).__name__}")
-            values[name] = value[:MAX_FIELD_CHARS]
-        values["http_status"] = int(self.http_status)
-        values["latency_ms"] = round(float(self.latency_ms), 3)
-        return json.dumps({name: values[name] for name in AUDIT_FIELDS}, separators=(",", ":"), ensure_ascii=True)
+            parts.append(f',"{name}":{_json_string(value[:MAX_FIELD_CHARS])}')
+        latency = round(float(self.latency_ms), 3)
+        parts.append(f',"http_status":{int(self.http_status)},"latency_ms":{_json_float(latency)}}}')
+        return "".join(parts)
 
 
 AUDIT_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord))
 _STR_FIELDS = tuple(f.name for f in dataclasses.fields(AuditRecord) if f.type == "str")
+if AUDIT_FIELDS != ("time", *_STR_FIELDS, "http_status", "latency_ms"):  # the order to_json writes them in
+    raise RuntimeError(f"AuditRecord fields changed: update to_json ({AUDIT_FIELDS})")
+
+
+def _json_float(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else json.dumps(value)  # as json.dumps writes it
 _LOG_RECORD = {"levelno": logging.INFO, "levelname": "INFO"}
 
 

@@ -116,8 +116,6 @@ class Pkcs11Backend:
         self._token_locked = False
         self._pool_lock = threading.Lock()
         self._pool, self._pool_used, self._pool_pid = b"", 0, None
-        self._pool_lock = threading.Lock()
-        self._pool, self._pool_used, self._pool_pid = b"", 0, None
         self._pid: int | None = None
         self._lib = None
         self._session = None
