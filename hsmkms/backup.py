@@ -79,9 +79,9 @@ def restore(settings: Settings, source: Path, force: bool = False) -> list[str]:
         raise BackupError(f"{database} exists; stop the server and pass --force to replace it")
     restored = []
     database.parent.mkdir(parents=True, exist_ok=True)
-    for stale_database in (database, settings.data_dir / "nonces.db"):
-        for suffix in ("", "-wal", "-shm"):
-            stale_database.with_name(stale_database.name + suffix).unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+    settings.nonces_path.unlink(missing_ok=True)  # nonces seen before the restore: disposable
     shutil.copy2(source / DATABASE, database)
     os.chmod(database, 0o600)
     restored.append(f"metadata database -> {database}")

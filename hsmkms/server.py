@@ -51,6 +51,10 @@ def preflight(settings: Settings) -> None:
         runtime.store.migrate()
         runtime.hsm.open()
         runtime.services.access_keys.ensure_service_key()
+        if runtime.nonces.resize(time.time()):
+            log.info("the nonce table now has %d MiB ([auth] nonce_table_mib)", settings.nonce_table_mib)
+        for legacy in ("nonces.db", "nonces.db-wal", "nonces.db-shm"):  # left by versions that kept nonces in SQLite
+            (settings.data_dir / legacy).unlink(missing_ok=True)
     finally:
         runtime.close()
 

@@ -50,6 +50,7 @@ class Settings:
     busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
+    nonce_table_mib: int = 128  # the shared nonce table: 86,000 nonces a MiB (see hsmkms.store.nonces)
     # [metrics]
     metrics_listen: str = ""  # host:port of a separate listener for /metrics, /healthz, /readyz; "" = main one
     # [audit]
@@ -66,6 +67,10 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.database or self.data_dir / "hsmkms.db"
+
+    @property
+    def nonces_path(self) -> Path:
+        return self.data_dir / "nonces.bin"
 
     @property
     def scheme(self) -> str:
@@ -115,6 +120,8 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+MAX_NONCE_TABLE_MIB = 65536  # 64 GiB: 5.6 billion nonces
+
 # (TOML section, key) -> Settings field.  The environment name is derived from the first two.
 _FIELDS: dict[tuple[str, str], str] = {
     ("", "data_dir"): "data_dir",
@@ -133,6 +140,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("store", "path"): "database",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
+    ("auth", "nonce_table_mib"): "nonce_table_mib",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
     ("metrics", "listen"): "metrics_listen",
     ("audit", "path"): "audit_path",
@@ -142,7 +150,7 @@ _FIELDS: dict[tuple[str, str], str] = {
 }
 _PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
 _INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
-               "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
+               "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -234,6 +242,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("scheduler interval_seconds must be 0 (off) or more")
     if settings.clock_skew_seconds < 1:
         raise SettingsError("clock_skew_seconds must be positive")
+    if not 1 <= settings.nonce_table_mib <= MAX_NONCE_TABLE_MIB:
+        raise SettingsError(f"[auth] nonce_table_mib must be 1 to {MAX_NONCE_TABLE_MIB}")
     if not settings.region or ":" in settings.region:
         raise SettingsError(f"region is not valid: {settings.region!r}")
     if not (settings.account_id.isascii() and settings.account_id.isdigit()):

@@ -1,113 +1,272 @@
 """Signature nonces seen inside the clock window, shared by every worker process.
 
 A nonce must be refused on every worker once any worker accepted it, and remembered for as long as a
-request carrying it could still pass the clock check.  A small SQLite file does both and keeps the memory
-of each process flat whatever the request count: the nonces live in the OS page cache, not in the workers.
-(LMDB was measured as the alternative: no cheaper per claim unless written through a writable memory map,
-where a full disk kills the process with SIGBUS, and every nonce page a worker touches counts in its
-resident memory.)  Only a 16-byte digest of (AccessKeyId, nonce) is stored.  The file is disposable state:
-synchronous=OFF (a process crash loses nothing in WAL mode; an OS crash may forget recent nonces, whose
-timestamps then still bound any replay).
+request carrying it could still pass the clock check.  The store is one file holding a hash table of
+PAGE_BYTES pages, read and written with pread/pwrite under an exclusive file lock.  A claim is four
+system calls: lock, read the nonce's page, write it back, unlock.
 
-Two things keep the workers from waiting on each other for the write lock, which every claim takes:
-- When another worker holds it, a claim retries every BUSY_RETRY_S.  SQLite's own busy handler sleeps a
-  millisecond or more at its first retry, for a lock held some twenty microseconds; under load that left a
-  sixth of the CPU idle.
-- Pruning visits one of PRUNE_SLICES slices of the digest space at a time (the digests are uniform), so a
-  pass deletes what expired in a bounded part of the table instead of scanning all of it under the lock.
-  An expired nonce therefore lingers up to PRUNE_SLICES * PRUNE_INTERVAL_S longer, which costs only space.
+- A nonce is kept as an 8-byte digest of (AccessKeyId, nonce), keyed with a random key from the file's
+  header so that nobody can choose nonces that crowd one page.  The digest also picks its home page.
+- A slot holds a digest and the second until which it is remembered.  A page fills its slots in turn,
+  oldest first; a slot whose second has passed is free again.  There is no pruning pass, and the file never
+  grows past its table.
+- When the next slot of its home page is still in use, a nonce goes to one of the next MAX_SPILL_PAGES
+  pages, and the home page records how far its nonces spilled: a lookup reads that far.
+- A table too full even for that is a StoreError (answered 503).  The size is set by
+  ``[auth] nonce_table_mib``: 1 MiB holds 86,000 nonces.  The default, 128 MiB, holds 11 million: 12,000
+  requests a second for a 15-minute window.  The size is fixed in the file when it is made; ``resize``
+  (which ``hsmkms serve`` runs before its workers start) carries every live nonce over to a table of the
+  configured size.
+- There is no memory map: the pages live in the OS page cache, not in the workers.  Their resident memory
+  stays flat however many requests they serve, and a full disk is an error from pwrite, not a SIGBUS.  The
+  file is sparse and takes disk space as its pages are first used.
+
+The file is disposable state (a restore removes it): an OS crash may forget recent nonces, whose
+timestamps then still bound any replay.  A page that does not read back as one of ours counts as empty.
+
+Why not SQLite, used before: in the benchmark's server (2 workers), a claim in SQLite took 54 µs of CPU, and
+33 µs here.  Over six alternating runs a GenerateDataKey request took 416 µs of server CPU with SQLite and 373
+µs with this table, and the throughput rose by 11%.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
-import sqlite3
+import secrets
+import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hsmkms.store.base import StoreError
 
-PRUNE_INTERVAL_S = 10.0
-PRUNE_SLICES = 64
+PAGE_BYTES = 512
+PAGE_HEADER = struct.Struct("<4sHH")  # magic; how many pages past this one its nonces spilled; next slot
+SLOT_BYTES = 12  # an 8-byte digest, then the second until which it is remembered (4 bytes, little-endian)
+SLOTS_AT = PAGE_HEADER.size
+SLOTS_PER_PAGE = (PAGE_BYTES - SLOTS_AT) // SLOT_BYTES  # 42, filling the page exactly
+PAGE_MAGIC = b"NPG1"
+EMPTY_PAGE = PAGE_HEADER.pack(PAGE_MAGIC, 0, 0) + bytes(PAGE_BYTES - SLOTS_AT)
+FILE_HEADER = struct.Struct("<16sI32s")  # magic, table pages, digest key: the file's first page
+FILE_MAGIC = b"hsmkms-nonces-v1"
+PAGES_PER_MIB = (1 << 20) // PAGE_BYTES
+DEFAULT_TABLE_MIB = 128
+MAX_SPILL_PAGES = 16  # the file has this many pages past the table, so a spill never wraps around
+MAX_UNTIL = 0xFFFF_FFFF
 BUSY_TIMEOUT_S = 5.0
 BUSY_RETRY_S = 0.00005
+SCAN_BATCH_PAGES = 4096
+
+assert SLOTS_AT + SLOTS_PER_PAGE * SLOT_BYTES == PAGE_BYTES
 
 
 class NonceStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, table_pages: int = DEFAULT_TABLE_MIB * PAGES_PER_MIB):
+        if not 1 <= table_pages < 1 << 32:  # the file's header counts them in 4 bytes
+            raise ValueError(f"a nonce table has 1 to 2**32 - 1 pages, not {table_pages}")
         self.path = Path(path)
-        self._local = threading.local()
-        self._next_prune = 0.0
-        self._next_slice = 0
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # private from the first byte
-            # timeout=0: no SQLite busy handler; _execute retries at a finer grain.
-            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
-            self._local.conn, self._local.pid = conn, os.getpid()
-            self._execute("PRAGMA journal_mode=WAL")
-            self._execute("PRAGMA synchronous=OFF")
-            self._execute("CREATE TABLE IF NOT EXISTS nonces (digest BLOB PRIMARY KEY, expires INTEGER NOT NULL)"
-                          " WITHOUT ROWID")
-        return conn
-
-    def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        """One autocommit statement, retried while another process holds the lock (up to BUSY_TIMEOUT_S)."""
-        conn = self._local.conn
-        deadline = None
-        while True:
-            try:
-                return conn.execute(sql, args)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                    raise
-                now = time.monotonic()
-                deadline = deadline or now + BUSY_TIMEOUT_S
-                if now > deadline:
-                    raise
-                time.sleep(BUSY_RETRY_S)
+        self.table_pages = table_pages  # of a file this store makes; an existing file keeps its own
+        self._lock = threading.Lock()  # one claim at a time in a process: the file lock is per open file
+        self._fd = -1
+        self._pid = 0
+        self._pages = 0
+        self._key = b""
 
     def claim(self, access_key_id: str, nonce: str, now: float, expires: float) -> bool:
         """Record the nonce until ``expires``; False when it is already recorded and not yet expired."""
-        digest = hashlib.sha256(f"{access_key_id}\0{nonce}".encode("utf-8", "surrogatepass")).digest()[:16]
+        data = f"{access_key_id}\0{nonce}".encode("utf-8", "surrogatepass")
         try:
-            self._conn()
-            if now >= self._next_prune:
-                self._next_prune = now + PRUNE_INTERVAL_S
-                self._prune_slice(int(now))
-            cursor = self._execute(
-                "INSERT INTO nonces VALUES (?, ?) ON CONFLICT(digest) DO UPDATE SET expires = excluded.expires"
-                " WHERE nonces.expires < ?",
-                (digest, int(expires) + 1, int(now)),
-            )
-            return cursor.rowcount == 1
-        except (sqlite3.Error, OSError) as exc:
+            with self._lock:
+                fd = self._fd if self._pid == os.getpid() else self._open()
+                digest = hashlib.blake2b(data, key=self._key, digest_size=8).digest()
+                _lock_file(fd)
+                try:
+                    return _claim(fd, self._pages, digest, max(int(now), 1), min(int(expires) + 1, MAX_UNTIL))
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+        except (OSError, StoreError) as exc:
             raise StoreError(f"nonce store {self.path}: {exc}") from exc
 
-    def _prune_slice(self, now: int) -> None:
-        """Delete the expired nonces whose digests fall in the next slice (by first byte)."""
-        index, self._next_slice = self._next_slice, (self._next_slice + 1) % PRUNE_SLICES
-        low = bytes([index * 256 // PRUNE_SLICES])
-        if index == PRUNE_SLICES - 1:
-            self._execute("DELETE FROM nonces WHERE digest >= ? AND expires < ?", (low, now))
-        else:
-            high = bytes([(index + 1) * 256 // PRUNE_SLICES])
-            self._execute("DELETE FROM nonces WHERE digest >= ? AND digest < ? AND expires < ?", (low, high, now))
-
-    def count(self) -> int:
-        """Recorded nonces, expired or not (for tests and diagnostics)."""
+    def resize(self, now: float) -> bool:
+        """Give the file a table of ``table_pages`` if its own has another size, carrying over every nonce
+        remembered at ``now``; True if it did.  Only while no other process uses the file (at start-up)."""
         try:
-            self._conn()
-            return self._execute("SELECT count(*) FROM nonces").fetchone()[0]
-        except (sqlite3.Error, OSError) as exc:
+            with self._lock:
+                fd = self._fd if self._pid == os.getpid() else self._open()
+                if self._pages == self.table_pages:
+                    return False
+                staging = self.path.with_name(self.path.name + ".resizing")
+                staging.unlink(missing_ok=True)
+                new_fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    _write_header(new_fd, self.table_pages, self._key)
+                    for digest, until in _live(fd, self._pages, int(now)):
+                        _claim(new_fd, self.table_pages, digest, int(now), until)
+                    os.replace(staging, self.path)
+                except BaseException:
+                    os.close(new_fd)
+                    staging.unlink(missing_ok=True)
+                    raise
+                os.close(fd)
+                self._fd, self._pages = new_fd, self.table_pages
+                return True
+        except (OSError, StoreError) as exc:
+            raise StoreError(f"nonce store {self.path}: cannot resize the table: {exc}") from exc
+
+    def count(self, now: float) -> int:
+        """How many nonces are remembered at ``now``.  Reads the whole table: for tests and diagnostics."""
+        try:
+            with self._lock:
+                fd = self._fd if self._pid == os.getpid() else self._open()
+                return sum(1 for _ in _live(fd, self._pages, int(now)))
+        except OSError as exc:
             raise StoreError(f"nonce store {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
-            conn.close()
-        self._local = threading.local()
+        with self._lock:
+            if self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd, self._pid = -1, 0
+
+    def _open(self) -> int:
+        """This process's descriptor of the file.  A forked child opens its own: a file lock belongs to the
+        open file, which parent and child would otherwise share."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            _lock_file(fd)
+            try:
+                header = os.pread(fd, FILE_HEADER.size, 0)
+                if len(header) == FILE_HEADER.size and header.startswith(FILE_MAGIC):
+                    _, self._pages, self._key = FILE_HEADER.unpack(header)
+                else:  # new, or not a table of ours: it only ever held nonces, so it starts afresh
+                    self._pages, self._key = self.table_pages, secrets.token_bytes(32)
+                    os.ftruncate(fd, 0)
+                    _write_header(fd, self._pages, self._key)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._pid = fd, os.getpid()
+        return fd
+
+
+# --- the table (called with the file locked) -----------------------------------------------------------------
+
+
+def _claim(fd: int, table_pages: int, digest: bytes, now: int, until: int) -> bool:
+    home = int.from_bytes(digest, "little") % table_pages
+    page = _read(fd, home)
+    _, spill, next_slot = PAGE_HEADER.unpack_from(page)
+    if spill == 0 and _find(page, digest) < 0 and _until(page, _slot_at(next_slot)) < now:
+        _write(fd, home, _insert(page, next_slot, digest, until))  # the common case: one page, one free slot
+        return True
+    return _claim_spilled(fd, home, page, digest, now, until)
+
+
+def _claim_spilled(fd: int, home: int, home_page: bytes, digest: bytes, now: int, until: int) -> bool:
+    """The general case: the nonce may be in any page its home's nonces spilled into, or need a new one."""
+    spill = PAGE_HEADER.unpack_from(home_page)[1]
+    pages = [home_page] + [_read(fd, home + distance) for distance in range(1, spill + 1)]
+    for distance, page in enumerate(pages):
+        at = _find(page, digest)
+        if at >= 0:
+            if _until(page, at) >= now:
+                return False
+            _write(fd, home + distance, page[:at + 8] + until.to_bytes(4, "little") + page[at + SLOT_BYTES:])
+            return True
+    for distance in range(MAX_SPILL_PAGES + 1):
+        if distance == len(pages):
+            pages.append(_read(fd, home + distance))
+        page = pages[distance]
+        next_slot = PAGE_HEADER.unpack_from(page)[2]
+        if _until(page, _slot_at(next_slot)) < now:
+            if distance > spill:  # the home page says so first: a crash between the two writes loses nothing
+                _write(fd, home, PAGE_HEADER.pack(PAGE_MAGIC, distance, PAGE_HEADER.unpack_from(home_page)[2])
+                       + home_page[SLOTS_AT:])
+            _write(fd, home + distance, _insert(page, next_slot, digest, until))
+            return True
+    raise StoreError(f"no free slot within {MAX_SPILL_PAGES} pages of the nonce's own: the table is full "
+                     "(raise [auth] nonce_table_mib)")
+
+
+def _read(fd: int, index: int) -> bytes:
+    """Table page ``index``."""
+    return _checked(os.pread(fd, PAGE_BYTES, (1 + index) * PAGE_BYTES))
+
+
+def _checked(page: bytes) -> bytes:
+    """The page as read; a page never written, or not one of ours, reads as empty."""
+    if len(page) == PAGE_BYTES and page.startswith(PAGE_MAGIC):
+        _, spill, next_slot = PAGE_HEADER.unpack_from(page)
+        if spill <= MAX_SPILL_PAGES and next_slot < SLOTS_PER_PAGE:
+            return page
+    return EMPTY_PAGE
+
+
+def _write(fd: int, index: int, page: bytes) -> None:
+    if os.pwrite(fd, page, (1 + index) * PAGE_BYTES) != PAGE_BYTES:
+        raise OSError("short write")
+
+
+def _write_header(fd: int, table_pages: int, key: bytes) -> None:
+    _write(fd, -1, FILE_HEADER.pack(FILE_MAGIC, table_pages, key).ljust(PAGE_BYTES, b"\0"))
+
+
+def _find(page: bytes, digest: bytes) -> int:
+    """Where the slot holding ``digest`` starts, or -1."""
+    at = page.find(digest, SLOTS_AT)
+    while at >= 0 and (at - SLOTS_AT) % SLOT_BYTES:  # found across two slots: look on
+        at = page.find(digest, at + 1)
+    return at
+
+
+def _slot_at(slot: int) -> int:
+    return SLOTS_AT + SLOT_BYTES * slot
+
+
+def _until(page: bytes, at: int) -> int:
+    return int.from_bytes(page[at + 8:at + SLOT_BYTES], "little")
+
+
+def _insert(page: bytes, slot: int, digest: bytes, until: int) -> bytes:
+    """The page with ``digest`` in ``slot``, and the slot after it next in turn."""
+    _, spill, _ = PAGE_HEADER.unpack_from(page)
+    at = _slot_at(slot)
+    return b"".join((PAGE_HEADER.pack(PAGE_MAGIC, spill, (slot + 1) % SLOTS_PER_PAGE), page[SLOTS_AT:at],
+                     digest, until.to_bytes(4, "little"), page[at + SLOT_BYTES:]))
+
+
+def _live(fd: int, table_pages: int, now: int) -> Iterator[tuple[bytes, int]]:
+    """Every (digest, until) remembered at ``now``, reading SCAN_BATCH_PAGES pages at a time."""
+    now = max(now, 1)  # an empty slot's second is 0
+    total = table_pages + MAX_SPILL_PAGES
+    for first in range(0, total, SCAN_BATCH_PAGES):
+        batch = os.pread(fd, min(SCAN_BATCH_PAGES, total - first) * PAGE_BYTES, (1 + first) * PAGE_BYTES)
+        for start in range(0, len(batch), PAGE_BYTES):
+            page = _checked(batch[start:start + PAGE_BYTES])
+            for at in range(SLOTS_AT, PAGE_BYTES, SLOT_BYTES):
+                until = _until(page, at)
+                if until >= now:
+                    yield page[at:at + 8], until
+
+
+def _lock_file(fd: int) -> None:
+    """The exclusive lock on the file.  A claim holds it for microseconds; when another process has it, try
+    again every BUSY_RETRY_S, and give up with a StoreError after BUSY_TIMEOUT_S (a stopped process)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        time.sleep(BUSY_RETRY_S)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StoreError("the file stayed locked by another process") from None

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alibabacloud_tea_openapi.utils import Utils as TeaUtils
 
 from tests.e2e.conftest import make_sdk
 from tests.e2e.sdk import ApiError
@@ -212,3 +213,38 @@ def test_serve_runs_the_scheduler(tmp_path):
     finally:
         assert live.stop() == 0, live.log()
     assert not live.error_lines()
+
+
+# --- the nonce table at start-up -----------------------------------------------------------------------
+
+
+def test_serve_resizes_the_nonce_table_keeping_its_nonces(tmp_path, monkeypatch):
+    live = provision_server(tmp_path / "nonces", workers=1, extra_config="[auth]\nnonce_table_mib = 1\n")
+    legacy = [live.data_dir / name for name in ("nonces.db", "nonces.db-wal", "nonces.db-shm")]
+    for path in legacy:  # what a version with the SQLite nonce store left behind
+        path.write_bytes(b"old")
+    nonce = uuid.uuid4().hex
+    monkeypatch.setattr(TeaUtils, "get_nonce", staticmethod(lambda: nonce))
+    table = live.data_dir / "nonces.bin"
+    live.start()
+    try:
+        make_sdk("tea-v3", live).call("DescribeKey", KeyId=live.alias)
+    finally:
+        assert live.stop() == 0, live.log()
+    assert not any(path.exists() for path in legacy)
+    assert table_pages(table) == 2048  # 1 MiB of 512-byte pages
+
+    live.env["HSMKMS_AUTH_NONCE_TABLE_MIB"] = "2"
+    live.start()
+    try:
+        with pytest.raises(ApiError) as refused:  # the nonce seen before the restart is still refused
+            make_sdk("tea-v3", live).call("DescribeKey", KeyId=live.alias)
+        assert refused.value.code == "SignatureNonceUsed"
+    finally:
+        assert live.stop() == 0, live.log()
+    assert table_pages(table) == 4096
+    assert not live.error_lines()
+
+
+def table_pages(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "little")  # after the 16-byte magic of the file header

@@ -1,8 +1,11 @@
-"""The shared nonce store: claims, expiry, pruning, processes and threads, and a disk it cannot use."""
+"""The shared nonce table: claims, expiry, spills, a full table, damage, resizing, processes and threads,
+and a disk it cannot use."""
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
+import os
 import re
 import sqlite3
 import stat
@@ -16,21 +19,30 @@ import pytest
 
 from hsmkms.store import nonces as nonces_module
 from hsmkms.store.base import StoreError
-from hsmkms.store.nonces import NonceStore
+from hsmkms.store.nonces import MAX_SPILL_PAGES, PAGE_BYTES, SLOTS_PER_PAGE, NonceStore
 
 NOW = 1_700_000_000.0
 WINDOW = 900.0
 RACE_NONCES = 2000
+ONE_PAGE_CAPACITY = (1 + MAX_SPILL_PAGES) * SLOTS_PER_PAGE  # a one-page table: its page and the spill pages
 
 
 @pytest.fixture
 def path(tmp_path):
-    return tmp_path / "nonces.db"
+    return tmp_path / "nonces.bin"
 
 
 @pytest.fixture
 def store(path):
     store = NonceStore(path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def tiny(path):
+    """A one-page table: every nonce has the same home page, so spills and a full table are easy to reach."""
+    store = NonceStore(path, table_pages=1)
     yield store
     store.close()
 
@@ -44,6 +56,7 @@ def test_first_claim_wins_and_a_replay_loses(store):
     assert claim(store, "n1") is False
     assert claim(store, "n1", now=NOW + WINDOW) is False  # still inside its window
     assert claim(store, "n2") is True
+    assert store.count(NOW) == 2
 
 
 def test_a_nonce_is_per_access_key(store):
@@ -56,53 +69,112 @@ def test_a_nonce_is_per_access_key(store):
 
 
 def test_an_expired_record_may_be_claimed_again(store):
-    assert claim(store, "n", now=NOW, expires=NOW + 1)  # recorded until NOW + 2
-    # Within PRUNE_INTERVAL_S of the first claim, so this is the record being claimed again, not pruned.
+    assert claim(store, "n", now=NOW, expires=NOW + 1)  # remembered until NOW + 2
     assert claim(store, "n", now=NOW + 2) is False
-    assert claim(store, "n", now=NOW + 3, expires=NOW + 4) is True
-    assert store.count() == 1
+    assert claim(store, "n", now=NOW + 3, expires=NOW + 4) is True  # its old slot, claimed again
+    assert store.count(NOW + 3) == 1
     assert claim(store, "n", now=NOW + 4) is False
+    assert store.count(NOW + 6) == 0
 
 
-def test_pruning_removes_expired_entries_and_keeps_live_ones(store):
-    for i in range(300):
-        assert claim(store, f"old-{i}", now=NOW, expires=NOW + 5)
-    for i in range(50):
-        assert claim(store, f"live-{i}", now=NOW, expires=NOW + 10_000)
-    assert store.count() == 350
-    interval, slices = nonces_module.PRUNE_INTERVAL_S, nonces_module.PRUNE_SLICES
-    now = NOW
-    for turn in range(slices):  # one slice of the digest space a pass: all of it after PRUNE_SLICES passes
-        now += interval
-        assert claim(store, f"trigger-{turn}", now=now, expires=now + 10_000)
-        if turn == 0:
-            assert 300 < store.count() < 350  # the first pass deleted only what its slice held
-    assert store.count() == 50 + slices
-    for i in range(50):
-        assert not claim(store, f"live-{i}", now=now)
+def test_a_full_page_spills_and_its_nonces_are_still_found(tiny):
+    for i in range(SLOTS_PER_PAGE):  # the home page, full of nonces remembered for 5 s
+        assert claim(tiny, f"short-{i}", expires=NOW + 5)
+    assert claim(tiny, "long", expires=NOW + 10_000)  # into the next page
+    later = NOW + 10  # the home page's slots are all free again ...
+    assert claim(tiny, "long", now=later) is False  # ... and the spilled nonce is still found
+    for i in range(SLOTS_PER_PAGE):
+        assert claim(tiny, f"new-{i}", now=later)
+    assert claim(tiny, "long", now=later) is False
+    assert tiny.count(later) == SLOTS_PER_PAGE + 1
 
 
-def test_a_pruning_pass_deletes_one_slice(store, monkeypatch):
-    monkeypatch.setattr(nonces_module, "PRUNE_SLICES", 4)
-    for i in range(400):
-        assert claim(store, f"old-{i}", now=NOW, expires=NOW)
-    left = [400]
-    for turn in range(4):
-        assert claim(store, f"t-{turn}", now=NOW + (turn + 1) * nonces_module.PRUNE_INTERVAL_S, expires=NOW + 10**6)
-        left.append(store.count() - (turn + 1))  # what is left of the 400
-    removed = [before - after for before, after in zip(left, left[1:], strict=False)]
-    assert all(40 < r < 160 for r in removed), removed  # about a quarter each: digests are uniform
-    assert left[-1] == 0
+def test_a_full_table_is_a_store_error_and_frees_up_as_nonces_expire(tiny):
+    names = [f"n-{i}" for i in range(ONE_PAGE_CAPACITY)]
+    assert all(claim(tiny, name, expires=NOW + 60) for name in names)
+    assert not any(claim(tiny, name) for name in names)  # every one found, in whichever page it went
+    with pytest.raises(StoreError, match="table is full.*nonce_table_mib"):
+        claim(tiny, "one-too-many")
+    after = NOW + 62
+    assert claim(tiny, "one-too-many", now=after)
+    assert all(claim(tiny, name, now=after) for name in names[:100])  # expired: may be used again
+    assert tiny.count(after) == 101
 
 
-def test_pruning_waits_for_its_interval(store, monkeypatch):
-    monkeypatch.setattr(nonces_module, "PRUNE_SLICES", 1)
-    assert claim(store, "old", now=NOW, expires=NOW)  # recorded until NOW + 1
-    assert claim(store, "new", now=NOW + 5)
-    assert claim(store, "newer", now=NOW + nonces_module.PRUNE_INTERVAL_S - 1)
-    assert store.count() == 3  # "old" expired, but the last pass is less than the interval ago
-    assert claim(store, "newest", now=NOW + nonces_module.PRUNE_INTERVAL_S)
-    assert store.count() == 3  # "old" went, "newest" came
+def test_slots_are_reused_in_turn_without_growing_the_file(tiny, path):
+    for second in range(0, 50 * ONE_PAGE_CAPACITY, 7):  # far more nonces than slots, each kept 5 s
+        assert claim(tiny, f"n-{second}", now=NOW + second, expires=NOW + second + 3)
+    assert path.stat().st_size <= (2 + MAX_SPILL_PAGES) * PAGE_BYTES  # header, table page, spill pages
+
+
+def test_damaged_pages_read_as_empty(path):
+    store = NonceStore(path, table_pages=64)
+    assert claim(store, "before")
+    garbage = b"NPG1" + b"\xff" * (PAGE_BYTES - 4)  # our magic, then an impossible spill and next slot
+    with open(path, "r+b") as file:
+        for page in range(64 + MAX_SPILL_PAGES):  # every page of the table
+            file.seek((1 + page) * PAGE_BYTES)
+            file.write(garbage)
+    claimed = [f"after-{i}" for i in range(1000)]
+    try:
+        assert all(claim(store, nonce) for nonce in claimed)  # no error, and no write past a page's end
+        assert not any(claim(store, nonce) for nonce in claimed)
+        assert path.stat().st_size == (1 + 64 + MAX_SPILL_PAGES) * PAGE_BYTES
+        assert store.count(NOW) == len(claimed)  # "before" went with its damaged page
+    finally:
+        store.close()
+
+
+def test_a_file_that_is_not_a_nonce_table_is_started_afresh(path):
+    old = sqlite3.connect(path)  # the nonce store of earlier versions, at the same path
+    old.execute("CREATE TABLE nonces (digest BLOB PRIMARY KEY, expires INTEGER)")
+    old.commit()
+    old.close()
+    store = NonceStore(path)
+    try:
+        assert claim(store, "n") and not claim(store, "n")
+    finally:
+        store.close()
+
+
+def test_resize_carries_the_live_nonces_over(path):
+    small = NonceStore(path, table_pages=4)
+    live = [f"live-{i}" for i in range(120)]
+    assert all(claim(small, nonce, expires=NOW + 600) for nonce in live)
+    assert all(claim(small, f"expired-{i}", expires=NOW + 5) for i in range(40))
+    small.close()
+    later = NOW + 10
+    big = NonceStore(path, table_pages=64)
+    try:
+        assert big.resize(later) is True
+        assert big.count(later) == len(live)
+        assert not any(claim(big, nonce, now=later) for nonce in live)
+        assert claim(big, "expired-0", now=later)
+        assert big.resize(later) is False  # already the configured size
+    finally:
+        big.close()
+    again = NonceStore(path, table_pages=4)  # another store on the file: its size is the file's, 64 pages
+    try:
+        assert not claim(again, "live-0", now=later) and again.count(later) == len(live) + 1
+    finally:
+        again.close()
+    assert not path.with_name(path.name + ".resizing").exists()
+
+
+def test_a_resize_that_does_not_fit_leaves_the_table_as_it_was(path):
+    big = NonceStore(path, table_pages=64)
+    nonces = [f"n-{i}" for i in range(ONE_PAGE_CAPACITY + 50)]
+    assert all(claim(big, nonce) for nonce in nonces)
+    big.close()
+    tiny = NonceStore(path, table_pages=1)
+    try:
+        with pytest.raises(StoreError, match="cannot resize.*table is full"):
+            tiny.resize(NOW)
+        assert not any(claim(tiny, nonce) for nonce in nonces)  # the 64-page table, still whole
+        assert tiny.count(NOW) == len(nonces)
+    finally:
+        tiny.close()
+    assert not path.with_name(path.name + ".resizing").exists()
 
 
 def _race(path, start, results, worker: int) -> None:
@@ -174,16 +246,15 @@ def test_two_stores_on_one_file_share_it(path):
         second.close()
 
 
-def test_the_files_are_private(store, path):
+def test_the_file_is_private(store, path, loose_umask):
     assert claim(store, "n")
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_an_unusable_directory_raises_store_error(tmp_path):
     not_a_directory = tmp_path / "file"
     not_a_directory.write_text("x")
-    store = NonceStore(not_a_directory / "nonces.db")
+    store = NonceStore(not_a_directory / "nonces.bin")
     with pytest.raises(StoreError, match="nonce store"):
         claim(store, "n")
     assert not_a_directory.read_text() == "x"  # nothing was replaced
@@ -214,9 +285,9 @@ def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)], check=True)
     try:
         with open(disk / "ballast", "wb") as ballast:
-            ballast.write(b"\0" * (3 * 1024 * 1024))  # leaves about 1 MB, a few thousand nonces
+            ballast.write(b"\0" * (3 * 1024 * 1024))  # leaves about 1 MB: a few hundred random table pages
         child = subprocess.run(
-            [sys.executable, "-c", FILL_UNTIL_FULL, str(disk / "nonces.db"), str(disk / "ballast")],
+            [sys.executable, "-c", FILL_UNTIL_FULL, str(disk / "nonces.bin"), str(disk / "ballast")],
             capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
         assert child.returncode == 0, (child.returncode, child.stderr[-2000:])
         assert re.search(r"refused after [1-9][0-9]{2,} claims: nonce store ", child.stdout), child.stdout
@@ -225,26 +296,29 @@ def test_a_full_disk_is_a_store_error_not_a_crash(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+def hold_the_lock(path: Path):
+    """Another worker in the middle of its claim: the lock on its own open file."""
+    other = os.open(path, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    return other
+
+
 def test_a_claim_waits_for_another_process_to_release_the_lock(store, path):
     assert claim(store, "first")
-    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")  # another worker in the middle of its claim, holding the write lock
-    threading.Timer(0.05, lambda: other.execute("COMMIT")).start()
+    other = hold_the_lock(path)
+    threading.Timer(0.05, lambda: os.close(other)).start()
     started = time.monotonic()
     assert claim(store, "second")
     assert 0.04 < time.monotonic() - started < 2
-    other.close()
 
 
 def test_a_lock_held_too_long_is_a_store_error(store, path, monkeypatch):
     monkeypatch.setattr(nonces_module, "BUSY_TIMEOUT_S", 0.05)
     assert claim(store, "first")
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+    other = hold_the_lock(path)
     try:
         with pytest.raises(StoreError, match="locked"):
             claim(store, "second")
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        os.close(other)
     assert claim(store, "second")

@@ -66,6 +66,8 @@ def test_defaults_without_file():
     assert settings.softhsm_token_dir is None
     assert settings.softhsm_conf_path is None
     assert settings.clock_skew_seconds == 900
+    assert settings.nonce_table_mib == 128
+    assert settings.nonces_path == settings.data_dir / "nonces.bin"
     assert settings.log_level == "INFO"
     assert settings.database_path == settings.data_dir / "hsmkms.db"
 
@@ -231,6 +233,13 @@ def test_string_setting_given_a_number(tmp_path):
     path = write(tmp_path, "[server]\nlisten = 8080\n")
     with pytest.raises(SettingsError):
         load(path, environ={})
+
+
+def test_nonce_table_size_is_bounded():
+    assert load(None, environ={"HSMKMS_AUTH_NONCE_TABLE_MIB": "65536"}).nonce_table_mib == 65536
+    for size in ("0", "-1", "65537"):
+        with pytest.raises(SettingsError, match="nonce_table_mib"):
+            load(None, environ={"HSMKMS_AUTH_NONCE_TABLE_MIB": size})
 
 
 def test_token_label_length_in_bytes():

@@ -486,7 +486,7 @@ def fake_credentials(access_key_id: str) -> Credential:
 
 @pytest.fixture
 def nonces(tmp_path):
-    store = NonceStore(tmp_path / "n.db")
+    store = NonceStore(tmp_path / "nonces.bin")
     yield store
     store.close()
 
