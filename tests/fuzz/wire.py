@@ -172,7 +172,14 @@ def send(port: int, method: str, target: str, body: bytes | None = None,
             pairs.append(("Content-Length", str(len(body))))
         for name, value in pairs:
             connection.putheader(name, latin1(value))
-        connection.endheaders(body)
+        try:
+            connection.endheaders(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server answered the head (a request line too long, say) and closed before taking the body:
+            # send it all again on a raw socket, which reads that answer.
+            raw_headers = [(k.encode("latin-1"), latin1(v).encode("latin-1")) for k, v in pairs]
+            return send_raw(port, raw_request(method.encode("latin-1"), target.encode("latin-1"), raw_headers,
+                                              body or b"", port=port), head=method == "HEAD")
         response = connection.getresponse()
         data = b"" if method == "HEAD" else response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data,
