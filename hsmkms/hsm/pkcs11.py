@@ -8,8 +8,9 @@ Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
 - A second login in one process fails (UserAlreadyLoggedIn): log in once, keep one session.
 - Object searches grow linearly with the token's size: handles are cached, warmed by one enumeration
   at open, and never searched for on the hot path.
-- Several processes on one SoftHSM token directory need a file lock around object creation (see the class)
-  and a re-initialisation to see objects another process made (see ``_call``); both were found by the soak.
+- Several processes on one SoftHSM token directory need a file lock around object creation and around a
+  login, which rewrites the token's own file (see the class), and a re-initialisation to see objects another
+  process made (see ``_call``).  The soak and a CI run found these.
 - A GCM tag mismatch (wrong AAD, tampered data) surfaces as CKR_GENERAL_ERROR.
 """
 
@@ -97,9 +98,9 @@ def master_key_template(object_id: str, label: str) -> dict:
 
 class Pkcs11Backend:
     """One logged-in session per process; calls serialised by a thread lock, and coordinated across processes
-    sharing the token by a file lock (``lock_path``): shared for every call, exclusive while an object is
-    created or destroyed.  SoftHSM's file store is not safe otherwise: a process that lists the token while
-    another writes an object file can read it half-written."""
+    sharing the token by a file lock (``lock_path``): shared to list or search objects, exclusive while an
+    object is created or destroyed and while logging in.  SoftHSM's file store is not safe otherwise: a
+    process that lists the token while another writes an object file can read it half-written."""
 
     def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
                  wait_seconds: float = 10.0, lock_path: Path | None = None):
@@ -201,8 +202,11 @@ class Pkcs11Backend:
         if self._last_failure and now - self._last_failure < RECONNECT_INTERVAL_S:
             raise HsmUnavailable("the HSM was unavailable moments ago; retrying shortly")
         try:
-            with self._token_lock(exclusive=False):
+            # SoftHSM rewrites its token file at a login (the PIN counters): another process must not read
+            # it half-written, so a login takes the lock exclusively, like an object being written.
+            with self._token_lock(exclusive=True):
                 self._session = self._login()
+            with self._token_lock(exclusive=False):
                 self._keys = self._enumerate_keys(self._session)
         except BaseException:
             self._drop_session(finalize=True)  # a later attempt starts from a fresh C_Initialize

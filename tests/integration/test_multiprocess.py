@@ -3,6 +3,7 @@
 SoftHSM 2.6.1 does not always notice an object another process created: a process that has written the
 token itself folds the other's change into its own and never re-reads the token.  The backend looks a
 missing object up again after a fresh C_Initialize, so a key made by one worker is usable by every other.
+A login rewrites SoftHSM's token file, so processes starting at once must not log in at the same moment.
 """
 
 from __future__ import annotations
@@ -67,3 +68,37 @@ def test_a_key_made_by_one_process_is_usable_by_another_that_writes_too(hsm_sett
         for worker in workers:
             worker.join(30)
     assert [worker.exitcode for worker in workers] == [0, 0]
+
+
+def log_in_and_out(settings, lock_path, rounds: int, conn) -> None:
+    """A worker starting again and again: each start logs in, and SoftHSM rewrites its token file then."""
+    failures = []
+    for _ in range(rounds):
+        backend = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, lock_path=lock_path)
+        try:
+            backend.open()
+            backend.random(16)
+        except Exception as exc:  # reported to the test, which fails on it
+            failures.append(repr(exc))
+        finally:
+            backend.close()
+    conn.send(failures)
+
+
+def test_processes_logging_in_at_once_all_succeed(hsm_settings, hsm, tmp_path):
+    context = multiprocessing.get_context("fork")
+    lock_path = tmp_path / "hsm.lock"
+    pipes, workers = [], []
+    for _ in range(4):
+        parent_end, child_end = context.Pipe()
+        worker = context.Process(target=log_in_and_out, args=(hsm_settings, lock_path, 25, child_end))
+        worker.start()
+        pipes.append(parent_end)
+        workers.append(worker)
+    try:
+        failures = [failure for conn in pipes if conn.poll(120) for failure in conn.recv()]
+    finally:
+        for worker in workers:
+            worker.join(30)
+    assert failures == []
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
