@@ -386,3 +386,6 @@ def test_backup_wipe_restore_drill(tmp_path):
     again = live.cli("restore", "--from", str(tmp_path / "backup"), check=False)
     assert again.returncode != 0 and "--force" in again.stderr
     assert live.cli("backup", "--to", str(tmp_path / "backup"), check=False).returncode != 0  # not empty
+    assert (live.data_dir / "nonces.bin").exists()  # the nonces the restored server saw
+    live.cli("restore", "--from", str(tmp_path / "backup"), "--force")
+    assert not (live.data_dir / "nonces.bin").exists()  # disposable: neither backed up nor left behind
