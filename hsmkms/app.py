@@ -38,8 +38,7 @@ from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.tags import TagService
 from hsmkms.service.watch import StoreWatch
 from hsmkms.settings import Settings
-from hsmkms.store.nonces import PAGES_PER_MIB as NONCE_PAGES_PER_MIB
-from hsmkms.store.nonces import NonceStore
+from hsmkms.store.nonces import PAGES_PER_MIB, NonceStore
 from hsmkms.store.sqlite import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
         maintenance=Maintenance(keys),
         identity=identity,
     )
-    nonces = NonceStore(settings.nonces_path, settings.nonce_table_mib * NONCE_PAGES_PER_MIB)
+    nonces = NonceStore(settings.nonces_path, settings.nonce_table_mib * PAGES_PER_MIB)
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 

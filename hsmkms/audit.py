@@ -132,6 +132,8 @@ if AUDIT_FIELDS != ("time", *_STR_FIELDS, "http_status", "latency_ms"):  # the o
 
 def _json_float(value: float) -> str:
     return float.__repr__(value) if math.isfinite(value) else json.dumps(value)  # as json.dumps writes it
+
+
 _LOG_RECORD = {"levelno": logging.INFO, "levelname": "INFO"}
 
 
