@@ -50,7 +50,7 @@ class Settings:
     busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
-    nonce_table_mib: int = 128  # the shared nonce table: 86,000 nonces a MiB (see hsmkms.store.nonces)
+    nonce_table_mib: int = 128  # the shared nonce table: about 75,000 nonces a MiB
     # [metrics]
     metrics_listen: str = ""  # host:port of a separate listener for /metrics, /healthz, /readyz; "" = main one
     # [audit]
