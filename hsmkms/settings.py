@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
+
 PIN_ENV = "HSMKMS_HSM_PIN"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -120,7 +122,7 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-MAX_NONCE_TABLE_MIB = 65536  # 64 GiB: 5.6 billion nonces
+MAX_NONCE_TABLE_MIB = MAX_TABLE_PAGES // PAGES_PER_MIB
 
 # (TOML section, key) -> Settings field.  The environment name is derived from the first two.
 _FIELDS: dict[tuple[str, str], str] = {

@@ -235,6 +235,10 @@ class Authenticator:
         # Remembered until the request's timestamp leaves the window: no replay can pass the clock after.
         if not self._nonces.claim(access_key_id, nonce, now, timestamp + self._skew):
             raise SignatureNonceUsed()
+        # A claim that waited (for the nonce store's lock) until the request left its window is refused: the
+        # store may have let another worker reuse an expired slot meanwhile, judged by a later clock.
+        if self._clock() - timestamp > self._skew:
+            raise InvalidTimeStampExpired()
 
 
 def _missing(name: str):

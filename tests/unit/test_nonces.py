@@ -19,12 +19,13 @@ import pytest
 
 from hsmkms.store import nonces as nonces_module
 from hsmkms.store.base import StoreError
-from hsmkms.store.nonces import MAX_SPILL_PAGES, PAGE_BYTES, SLOTS_PER_PAGE, NonceStore
+from hsmkms.store.nonces import CLOCK_STEP_GRACE_S, MAX_SPILL_PAGES, PAGE_BYTES, SLOTS_PER_PAGE, NonceStore
 
 NOW = 1_700_000_000.0
 WINDOW = 900.0
 RACE_NONCES = 2000
 ONE_PAGE_CAPACITY = (1 + MAX_SPILL_PAGES) * SLOTS_PER_PAGE  # a one-page table: its page and the spill pages
+KEPT = 1 + CLOCK_STEP_GRACE_S  # a nonce claimed with expires=E is remembered while now <= E + KEPT - 1
 
 
 @pytest.fixture
@@ -69,19 +70,25 @@ def test_a_nonce_is_per_access_key(store):
 
 
 def test_an_expired_record_may_be_claimed_again(store):
-    assert claim(store, "n", now=NOW, expires=NOW + 1)  # remembered until NOW + 2
-    assert claim(store, "n", now=NOW + 2) is False
-    assert claim(store, "n", now=NOW + 3, expires=NOW + 4) is True  # its old slot, claimed again
-    assert store.count(NOW + 3) == 1
-    assert claim(store, "n", now=NOW + 4) is False
-    assert store.count(NOW + 6) == 0
+    assert claim(store, "n", now=NOW, expires=NOW + 1)  # remembered until NOW + 1 + the grace
+    assert claim(store, "n", now=NOW + KEPT) is False
+    assert claim(store, "n", now=NOW + KEPT + 1, expires=NOW + KEPT + 2) is True  # its old slot, claimed again
+    assert store.count(NOW + KEPT + 1) == 1
+    assert claim(store, "n", now=NOW + 2 * KEPT) is False
+    assert store.count(NOW + 2 * KEPT + 2) == 0
+
+
+def test_a_nonce_is_kept_past_its_window_for_a_clock_a_little_behind(store):
+    # Another worker, its clock read 20 s later, would reuse an expired slot; this one must not see it gone.
+    assert claim(store, "n", now=NOW, expires=NOW + 10)
+    assert claim(store, "n", now=NOW + 10 + CLOCK_STEP_GRACE_S) is False
 
 
 def test_a_full_page_spills_and_its_nonces_are_still_found(tiny):
-    for i in range(SLOTS_PER_PAGE):  # the home page, full of nonces remembered for 5 s
+    for i in range(SLOTS_PER_PAGE):  # the home page, full of nonces remembered for a short while
         assert claim(tiny, f"short-{i}", expires=NOW + 5)
     assert claim(tiny, "long", expires=NOW + 10_000)  # into the next page
-    later = NOW + 10  # the home page's slots are all free again ...
+    later = NOW + 5 + KEPT  # the home page's slots are all free again ...
     assert claim(tiny, "long", now=later) is False  # ... and the spilled nonce is still found
     for i in range(SLOTS_PER_PAGE):
         assert claim(tiny, f"new-{i}", now=later)
@@ -95,10 +102,22 @@ def test_a_full_table_is_a_store_error_and_frees_up_as_nonces_expire(tiny):
     assert not any(claim(tiny, name) for name in names)  # every one found, in whichever page it went
     with pytest.raises(StoreError, match="table is full.*nonce_table_mib"):
         claim(tiny, "one-too-many")
-    after = NOW + 62
+    after = NOW + 60 + KEPT
     assert claim(tiny, "one-too-many", now=after)
     assert all(claim(tiny, name, now=after) for name in names[:100])  # expired: may be used again
     assert tiny.count(after) == 101
+
+
+def test_a_long_lived_nonce_does_not_keep_its_page_from_being_reused(tiny, path):
+    # Lifetimes differ (a client's clock ahead or behind): the slot next in turn may still be in use when
+    # the ones after it are free.  They are used, rather than spilling into the next page.
+    assert claim(tiny, "long", expires=NOW + 10_000)
+    for round_ in range(5):
+        now = NOW + round_ * (10 + KEPT)
+        for i in range(SLOTS_PER_PAGE - 1):
+            assert claim(tiny, f"short-{round_}-{i}", now=now, expires=now + 10)
+    assert path.stat().st_size == 2 * PAGE_BYTES  # the header and the one table page: nothing spilled
+    assert claim(tiny, "long", now=NOW + 5 * (10 + KEPT)) is False
 
 
 def test_a_table_fills_most_of_its_slots_before_refusing(path):
@@ -158,7 +177,7 @@ def test_resize_carries_the_live_nonces_over(path):
     assert all(claim(small, nonce, expires=NOW + 600) for nonce in live)
     assert all(claim(small, f"expired-{i}", expires=NOW + 5) for i in range(40))
     small.close()
-    later = NOW + 10
+    later = NOW + 5 + KEPT
     big = NonceStore(path, table_pages=64)
     try:
         assert big.resize(later) is True
@@ -174,6 +193,73 @@ def test_resize_carries_the_live_nonces_over(path):
     finally:
         again.close()
     assert not path.with_name(path.name + ".resizing").exists()
+
+
+def test_a_store_using_the_file_while_another_resizes_it_moves_to_the_new_file(path):
+    running = NonceStore(path, table_pages=4)  # a worker of a running server ...
+    resizing = NonceStore(path, table_pages=8)  # ... and another process resizing the table meanwhile
+    try:
+        assert claim(running, "before")
+        assert resizing.resize(NOW) is True
+        assert claim(running, "after")  # goes into the new file ...
+        assert not claim(resizing, "after")  # ... which the other store uses too
+        assert not claim(running, "before") and not claim(resizing, "before")
+        assert running.count(NOW) == resizing.count(NOW) == 2
+    finally:
+        running.close()
+        resizing.close()
+
+
+def test_a_deleted_file_is_made_again_and_shared(path):
+    running = NonceStore(path)
+    try:
+        assert claim(running, "a")
+        path.unlink()  # by hand, while a worker has it open
+        started_later = NonceStore(path)  # a worker started since: it makes a new file
+        assert claim(running, "b")  # the running worker moved to that file ...
+        assert not claim(started_later, "b")  # ... so the two still share one table
+        started_later.close()
+    finally:
+        running.close()
+
+
+def test_a_damaged_file_header_starts_the_table_afresh(path):
+    store = NonceStore(path)
+    assert claim(store, "n")
+    store.close()
+    with open(path, "r+b") as file:
+        file.seek(16)
+        file.write(bytes(4))  # a table of 0 pages
+    store = NonceStore(path, table_pages=8)
+    try:
+        assert claim(store, "n")  # forgotten with the damaged table, but no crash
+        assert not claim(store, "n")
+        assert int.from_bytes(path.read_bytes()[16:20], "little") == 8
+    finally:
+        store.close()
+
+
+def test_an_access_key_and_nonce_are_never_read_as_another_pair(store):
+    assert claim(store, "C", key="A\0B")
+    assert claim(store, "B\0C", key="A")
+    assert claim(store, "bc", key="a")
+    assert claim(store, "c", key="ab")
+
+
+def _claim_after_fork(store: NonceStore, results) -> None:
+    results.put(claim(store, "in-child"))
+
+
+def test_a_fork_while_another_thread_claims_leaves_the_child_a_working_store(store):
+    assert claim(store, "parent")
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    with store._lock:  # another thread of the parent in the middle of a claim at the moment of the fork
+        child = context.Process(target=_claim_after_fork, args=(store, results))
+        child.start()
+    assert results.get(timeout=30) is True
+    child.join(10)
+    assert child.exitcode == 0
 
 
 def test_a_resize_that_does_not_fit_leaves_the_table_as_it_was(path):

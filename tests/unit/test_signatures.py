@@ -610,6 +610,22 @@ def test_v1_timestamp_one_second_past_window_is_expired(auth, clock):
         auth.authenticate(v1_request())
 
 
+def test_a_request_that_waited_past_its_window_for_the_nonce_store_is_expired(nonces, clock):
+    # Its clock reading is stale by then: another worker, judging by a later one, may have reused the slot
+    # of an expired copy of this very nonce.  So the window is checked again after the claim.
+    class SlowStore:
+        def claim(self, *args):
+            clock.now = NOW + SKEW + 1  # the request waited this long for the store's lock
+            return nonces.claim(*args)
+
+    slow = Authenticator(fake_credentials, SlowStore(), clock, SKEW)
+    clock.now = NOW + SKEW - 1
+    with pytest.raises(InvalidTimeStampExpired):
+        slow.authenticate(v1_request(nonce="waited"))
+    clock.now = NOW + SKEW - 1
+    assert Authenticator(fake_credentials, nonces, clock, SKEW).authenticate(v1_request(nonce="prompt"))
+
+
 def test_v1_expired_request_does_not_burn_its_nonce(auth, clock):
     clock.now = NOW + 16 * 60
     with pytest.raises(InvalidTimeStampExpired):
