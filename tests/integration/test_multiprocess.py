@@ -37,16 +37,21 @@ def serve_commands(settings, lock_path, conn) -> None:
     backend.close()
 
 
-def test_a_key_made_by_one_process_is_usable_by_another_that_writes_too(hsm_settings, hsm, tmp_path):
+def start_workers(count: int, target, *args) -> tuple[list, list]:
+    """``count`` forked processes running ``target(*args, conn)``; returns their pipe ends and processes."""
     context = multiprocessing.get_context("fork")
-    lock_path = tmp_path / "hsm.lock"
     pipes, workers = [], []
-    for _ in range(2):
+    for _ in range(count):
         parent_end, child_end = context.Pipe()
-        worker = context.Process(target=serve_commands, args=(hsm_settings, lock_path, child_end))
+        worker = context.Process(target=target, args=(*args, child_end))
         worker.start()
         pipes.append(parent_end)
         workers.append(worker)
+    return pipes, workers
+
+
+def test_a_key_made_by_one_process_is_usable_by_another_that_writes_too(hsm_settings, hsm, tmp_path):
+    pipes, workers = start_workers(2, serve_commands, hsm_settings, tmp_path / "hsm.lock")
     a, b = pipes
 
     def ask(conn, message):
@@ -86,15 +91,7 @@ def log_in_and_out(settings, lock_path, rounds: int, conn) -> None:
 
 
 def test_processes_logging_in_at_once_all_succeed(hsm_settings, hsm, tmp_path):
-    context = multiprocessing.get_context("fork")
-    lock_path = tmp_path / "hsm.lock"
-    pipes, workers = [], []
-    for _ in range(4):
-        parent_end, child_end = context.Pipe()
-        worker = context.Process(target=log_in_and_out, args=(hsm_settings, lock_path, 25, child_end))
-        worker.start()
-        pipes.append(parent_end)
-        workers.append(worker)
+    pipes, workers = start_workers(4, log_in_and_out, hsm_settings, tmp_path / "hsm.lock", 25)
     try:
         failures = [failure for conn in pipes if conn.poll(120) for failure in conn.recv()]
     finally:
