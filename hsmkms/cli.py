@@ -186,7 +186,7 @@ def key_create(runtime: Runtime, alias: str | None, description: str, rotation_i
         rotation_interval=None if rotation_interval is None else parse_rotation_interval(rotation_interval),
     )
     if alias is not None:
-        keys.create_alias(alias, record.key_id)
+        keys.create_alias(alias, record)
     click.echo(record.key_id)
 
 
@@ -221,7 +221,7 @@ def key_describe(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_enable(runtime: Runtime, key_ref: str) -> None:
     """Enable a disabled key."""
-    click.echo(runtime.services.keys.enable(key_ref).state)
+    click.echo(runtime.services.keys.enable(runtime.services.keys.resolve(key_ref)).state)
 
 
 @key.command("disable")
@@ -229,7 +229,7 @@ def key_enable(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_disable(runtime: Runtime, key_ref: str) -> None:
     """Disable a key: it can no longer encrypt or decrypt until enabled again."""
-    click.echo(runtime.services.keys.disable(key_ref).state)
+    click.echo(runtime.services.keys.disable(runtime.services.keys.resolve(key_ref)).state)
 
 
 @key.command("rotate")
@@ -237,7 +237,7 @@ def key_disable(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_rotate(runtime: Runtime, key_ref: str) -> None:
     """Create a new primary version; ciphertexts of every earlier version still decrypt."""
-    click.echo(runtime.services.keys.create_version(key_ref).version_id)
+    click.echo(runtime.services.keys.create_version(runtime.services.keys.resolve(key_ref)).version_id)
 
 
 @key.command("schedule-deletion")
@@ -246,7 +246,7 @@ def key_rotate(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_schedule_deletion(runtime: Runtime, key_ref: str, days: int) -> None:
     """Schedule the destruction of a key after a waiting period (cancel with cancel-deletion)."""
-    record = runtime.services.keys.schedule_deletion(key_ref, days)
+    record = runtime.services.keys.schedule_deletion(runtime.services.keys.resolve(key_ref), days)
     click.echo(f"{record.key_id} will be destroyed at {iso_time(record.delete_at)}")
 
 
@@ -255,7 +255,7 @@ def key_schedule_deletion(runtime: Runtime, key_ref: str, days: int) -> None:
 @with_runtime
 def key_cancel_deletion(runtime: Runtime, key_ref: str) -> None:
     """Cancel a scheduled deletion; the key is enabled again."""
-    click.echo(runtime.services.keys.cancel_deletion(key_ref).state)
+    click.echo(runtime.services.keys.cancel_deletion(runtime.services.keys.resolve(key_ref)).state)
 
 
 @main.command("purge-due")

@@ -111,7 +111,7 @@ def dev_setup(runtime: Runtime, credentials_file: Path, endpoint: str) -> DevCre
             key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
             protection_level="HSM", description="development key (make run)",
         )
-        services.keys.create_alias(DEV_ALIAS, key.key_id)
+        services.keys.create_alias(DEV_ALIAS, key)
     credentials = DevCredentials(endpoint, access_key_id, secret, DEV_ALIAS)
     write_private(credentials_file, credentials.as_json())
     return credentials

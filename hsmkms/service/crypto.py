@@ -16,7 +16,9 @@ from hsmkms.errors import InvalidCiphertext
 from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
 from hsmkms.service import blob
 from hsmkms.service.context import canonical_aad
+from hsmkms.service import states
 from hsmkms.service.keys import KeyService
+from hsmkms.store.base import KeyRecord, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,23 @@ class Opened:
     plaintext: str
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A CiphertextBlob decoded once, with the key version and the key it names."""
+
+    blob: blob.Blob
+    version: VersionRecord
+    key: KeyRecord
+
+
 class CryptoService:
     def __init__(self, keys: KeyService, hsm: HsmBackend):
         self.keys = keys
         self.hsm = hsm
 
-    def generate_data_key(self, key_ref: str, number_of_bytes: int, context: Mapping[str, str],
+    def generate_data_key(self, key: KeyRecord, number_of_bytes: int, context: Mapping[str, str],
                           action: str = "GenerateDataKey") -> DataKey:
-        key = self.keys.usable(key_ref, action)
+        states.check(action, key.state)
         # One RNG round trip serves both the data key and the IV.
         random = self.hsm.random(number_of_bytes + blob.IV_LEN)
         data_key, iv = random[:number_of_bytes], random[number_of_bytes:]
@@ -56,31 +67,37 @@ class CryptoService:
         sealed = self._seal(key.key_id, key.primary_version_id, iv, plaintext_b64, context)
         return DataKey(sealed, plaintext_b64)
 
-    def encrypt(self, key_ref: str, plaintext: str, context: Mapping[str, str]) -> Sealed:
-        key = self.keys.usable(key_ref, "Encrypt")
+    def encrypt(self, key: KeyRecord, plaintext: str, context: Mapping[str, str]) -> Sealed:
+        states.check("Encrypt", key.state)
         iv = self.hsm.random(blob.IV_LEN)
         return self._seal(key.key_id, key.primary_version_id, iv, plaintext, context)
 
-    def decrypt(self, ciphertext_blob: str, context: Mapping[str, str], action: str = "Decrypt") -> Opened:
+    def locate(self, ciphertext_blob: str) -> Located:
+        """Decode a blob and find the key version and key it names (InvalidCiphertext, Forbidden.KeyNotFound)."""
         parsed = blob.decode(ciphertext_blob)
         version = self.keys.version(parsed.key_version_id)
-        key = self.keys.usable(version.key_id, action)
+        return Located(parsed, version, self.keys.resolve(version.key_id))
+
+    def decrypt(self, located: Located, context: Mapping[str, str], action: str = "Decrypt") -> Opened:
+        states.check(action, located.key.state)
+        parsed = located.blob
         try:
-            plaintext = self.hsm.gcm_decrypt(version.version_id, parsed.iv, parsed.sealed, canonical_aad(context))
+            plaintext = self.hsm.gcm_decrypt(located.version.version_id, parsed.iv, parsed.sealed,
+                                             canonical_aad(context))
         except DecryptionFailed:
             raise InvalidCiphertext() from None
         try:
             text = plaintext.decode("utf-8")
         except UnicodeDecodeError:  # sealed by something other than this service
             raise InvalidCiphertext() from None
-        return Opened(key.key_id, version.version_id, text)
+        return Opened(located.key.key_id, located.version.version_id, text)
 
-    def re_encrypt(self, ciphertext_blob: str, source_context: Mapping[str, str], destination_ref: str,
+    def re_encrypt(self, located: Located, source_context: Mapping[str, str], destination: KeyRecord,
                    destination_context: Mapping[str, str]) -> Sealed:
         """Open under the source key and context, seal under the destination's: the plaintext is never returned
         and exists here only between the two HSM calls."""
-        destination = self.keys.usable(destination_ref, "ReEncrypt")
-        opened = self.decrypt(ciphertext_blob, source_context, action="ReEncrypt")
+        states.check("ReEncrypt", destination.state)
+        opened = self.decrypt(located, source_context, action="ReEncrypt")
         iv = self.hsm.random(blob.IV_LEN)
         return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,
                           destination_context)
