@@ -27,6 +27,7 @@ from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
 from hsmkms.service.crypto import CryptoService, Located, Sealed
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
+from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.states import KeyState
 from hsmkms.service.tags import (
@@ -505,3 +506,30 @@ def ListTagResources(call: Call) -> dict:
         ]},
         "NextToken": str(start + TAG_PAGE_SIZE) if more else "",
     }
+
+
+# --- account and utilities -----------------------------------------------------------------------------
+
+MAX_EXCLUDED_CHARACTERS = 1024
+
+
+@action(on_account())
+def GetRandomPassword(call: Call) -> dict:
+    p = call.params
+    rules = PasswordRules(
+        length=p.integer("PasswordLength", MIN_LENGTH, MAX_LENGTH, default=DEFAULT_LENGTH),
+        excluded_types=frozenset(name for name in CHARACTER_TYPES if p.boolean(f"Exclude{name}")),
+        excluded_characters=p.text("ExcludeCharacters", MAX_EXCLUDED_CHARACTERS),
+        require_each_type=p.boolean("RequireEachIncludedType"),
+    )
+    return {"RandomPassword": call.services.crypto.random_password(rules)}
+
+
+@action(on_account())
+def DescribeRegions(call: Call) -> dict:
+    return {"Regions": {"Region": [{"RegionId": call.services.identity.region}]}}
+
+
+@action(on_account())
+def DescribeAccountKmsStatus(call: Call) -> dict:
+    return {"AccountStatus": "Enabled"}

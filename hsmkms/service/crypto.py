@@ -18,6 +18,7 @@ from hsmkms.service import blob
 from hsmkms.service.context import canonical_aad
 from hsmkms.service import states
 from hsmkms.service.keys import KeyService
+from hsmkms.service.passwords import PasswordRules, random_password
 from hsmkms.store.base import KeyRecord, VersionRecord
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,9 @@ class CryptoService:
         iv = self.hsm.random(blob.IV_LEN)
         return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,
                           destination_context)
+
+    def random_password(self, rules: PasswordRules) -> str:
+        return random_password(rules, self.hsm.random)
 
     def _seal(self, key_id: str, version_id: str, iv: bytes, plaintext: str,
               context: Mapping[str, str]) -> Sealed:

@@ -44,9 +44,11 @@ class TeaSdk:
         self.client = TeaClient(config)
 
     def call(self, action: str, **params) -> dict:
-        request = getattr(tea_models, f"{action}Request")().from_map(params)
+        method = getattr(self.client, snake(action))
+        request_class = getattr(tea_models, f"{action}Request", None)  # None for actions without parameters
+        arguments = () if request_class is None and not params else (request_class().from_map(params),)
         try:
-            return getattr(self.client, snake(action))(request).body.to_map()
+            return method(*arguments).body.to_map()
         except ResponseException as exc:
             raise ApiError(exc.status_code, exc.code, exc.message) from None
 

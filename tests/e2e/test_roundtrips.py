@@ -157,3 +157,22 @@ def test_json_content_type_and_request_id(legacy, server):
     assert status == 200
     assert headers["Content-Type"] == "application/json;charset=utf-8"
     assert UUID.match(json.loads(body)["RequestId"])
+
+
+def test_random_password_with_every_option(sdk):
+    assert len(sdk.call("GetRandomPassword")["RandomPassword"]) == 32
+    password = sdk.call("GetRandomPassword", PasswordLength="64", ExcludeLowercase="true", ExcludeUppercase="true",
+                        ExcludePunctuation="true", ExcludeCharacters="13579")["RandomPassword"]
+    assert len(password) == 64 and set(password) <= set("02468")
+    required = sdk.call("GetRandomPassword", PasswordLength="8", RequireEachIncludedType="true",
+                        ExcludeNumbers="false")["RandomPassword"]
+    assert len(required) == 8
+    assert all(any(check(ch) for ch in required) for check in (str.islower, str.isupper, str.isdigit))
+    with pytest.raises(Exception) as caught:
+        sdk.call("GetRandomPassword", PasswordLength="7")
+    assert caught.value.code == "InvalidParameter"
+
+
+def test_regions_and_account_status(sdk):
+    assert sdk.call("DescribeRegions")["Regions"] == {"Region": [{"RegionId": "cn-hangzhou"}]}
+    assert sdk.call("DescribeAccountKmsStatus")["AccountStatus"] == "Enabled"
