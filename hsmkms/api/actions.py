@@ -26,6 +26,7 @@ from hsmkms.api.params import Params
 from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
 from hsmkms.service.crypto import CryptoService, Located, Sealed
+from hsmkms.service.export import WrappingKey, wrapping_key
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
 from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.maintenance import Maintenance
@@ -223,6 +224,28 @@ def ReEncrypt(call: Call) -> dict:
         p.context("DestinationEncryptionContext"),
     )
     return sealed_fields(sealed)
+
+
+def wrapping_key_param(p: Params) -> WrappingKey:
+    return wrapping_key(p.required("PublicKeyBlob"), p.required("WrappingKeySpec"), p.required("WrappingAlgorithm"))
+
+
+@action(on_key("KeyId"))
+def GenerateAndExportDataKey(call: Call) -> dict:
+    p = call.params
+    wrapping = wrapping_key_param(p)
+    data_key, exported = call.services.crypto.generate_and_export_data_key(
+        call.key(), data_key_length(p), p.context(), wrapping)
+    return {**sealed_fields(data_key.sealed), "ExportedDataKey": exported}
+
+
+@action(on_blob)
+def ExportDataKey(call: Call) -> dict:
+    p = call.params
+    wrapping = wrapping_key_param(p)
+    exported = call.services.crypto.export_data_key(call.blob(), p.context(), wrapping)
+    return {"KeyId": exported.key_id, "KeyVersionId": exported.key_version_id,
+            "ExportedDataKey": exported.exported_data_key}
 
 
 # --- keys ----------------------------------------------------------------------------------------------

@@ -8,15 +8,17 @@ that Decrypt of its blob returns the same Base64 text GenerateDataKey returned.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hsmkms.errors import InvalidCiphertext
+from hsmkms.errors import InvalidCiphertext, InvalidParameter
 from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
 from hsmkms.service import blob
 from hsmkms.service.context import canonical_aad
 from hsmkms.service import states
+from hsmkms.service.export import WrappingKey
 from hsmkms.service.keys import KeyService
 from hsmkms.service.passwords import PasswordRules, random_password
 from hsmkms.store.base import KeyRecord, VersionRecord
@@ -42,6 +44,13 @@ class Opened:
     key_id: str
     key_version_id: str
     plaintext: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    key_id: str
+    key_version_id: str
+    exported_data_key: str  # Base64, encrypted to the caller's public key
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,24 @@ class CryptoService:
         iv = self.hsm.random(blob.IV_LEN)
         return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,
                           destination_context)
+
+    def generate_and_export_data_key(self, key: KeyRecord, number_of_bytes: int, context: Mapping[str, str],
+                                     wrapping: WrappingKey) -> tuple[DataKey, str]:
+        """A new data key sealed under ``key`` and, as well, encrypted to the caller's public key."""
+        if number_of_bytes > wrapping.max_plaintext_bytes():
+            raise InvalidParameter("NumberOfBytes", f"The wrapping key carries at most "
+                                                    f"{wrapping.max_plaintext_bytes()} bytes.")
+        data_key = self.generate_data_key(key, number_of_bytes, context, action="GenerateAndExportDataKey")
+        return data_key, wrapping.wrap(base64.b64decode(data_key.plaintext_b64))
+
+    def export_data_key(self, located: Located, context: Mapping[str, str], wrapping: WrappingKey) -> Exported:
+        """The data key a blob holds, encrypted to the caller's public key."""
+        opened = self.decrypt(located, context, action="ExportDataKey")
+        try:
+            data_key = base64.b64decode(opened.plaintext, validate=True)
+        except (ValueError, binascii.Error):
+            raise InvalidParameter("CiphertextBlob", "It does not hold a data key.") from None
+        return Exported(opened.key_id, opened.key_version_id, wrapping.wrap(data_key))
 
     def random_password(self, rules: PasswordRules) -> str:
         return random_password(rules, self.hsm.random)

@@ -9,6 +9,8 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.e2e.conftest import make_sdk
 
@@ -176,3 +178,53 @@ def test_random_password_with_every_option(sdk):
 def test_regions_and_account_status(sdk):
     assert sdk.call("DescribeRegions")["Regions"] == {"Region": [{"RegionId": "cn-hangzhou"}]}
     assert sdk.call("DescribeAccountKmsStatus")["AccountStatus"] == "Enabled"
+
+
+@pytest.fixture(scope="module")
+def recipient():
+    """The caller's own RSA-2048 key pair, as another crypto module would hold it."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_key_blob(private_key) -> str:
+    der = private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def open_exported(private_key, exported: str, algorithm: str) -> bytes:
+    digest = hashes.SHA256() if algorithm == "RSAES_OAEP_SHA_256" else hashes.SHA1()
+    return private_key.decrypt(base64.b64decode(exported), padding.OAEP(padding.MGF1(digest), digest, None))
+
+
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"])
+def test_export_data_keys_to_a_public_key(sdk, new_key, recipient, algorithm):
+    wrapping = {"PublicKeyBlob": public_key_blob(recipient), "WrappingKeySpec": "RSA_2048",
+                "WrappingAlgorithm": algorithm}
+    context = {"app": "export"}
+    made = sdk.call("GenerateAndExportDataKey", KeyId=new_key, EncryptionContext=context, **wrapping)
+    assert made["KeyId"] == new_key and UUID.match(made["KeyVersionId"])
+    plaintext = sdk.call("Decrypt", CiphertextBlob=made["CiphertextBlob"], EncryptionContext=context)["Plaintext"]
+    assert open_exported(recipient, made["ExportedDataKey"], algorithm) == base64.b64decode(plaintext)
+    assert len(base64.b64decode(plaintext)) == 32
+
+    data_key = sdk.call("GenerateDataKey", KeyId=new_key, NumberOfBytes=16, EncryptionContext=context)
+    exported = sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], EncryptionContext=context,
+                        **wrapping)
+    assert exported["KeyId"] == new_key and exported["KeyVersionId"] == data_key["KeyVersionId"]
+    assert open_exported(recipient, exported["ExportedDataKey"], algorithm) == base64.b64decode(data_key["Plaintext"])
+
+    for bad, param in [({"WrappingKeySpec": "EC_SM2"}, "WrappingKeySpec"),
+                       ({"WrappingAlgorithm": "SM2PKE"}, "WrappingAlgorithm"),
+                       ({"PublicKeyBlob": "bm90IGEga2V5"}, "PublicKeyBlob")]:
+        with pytest.raises(Exception) as caught:
+            sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], EncryptionContext=context,
+                     **{**wrapping, **bad})
+        assert (caught.value.status, caught.value.code) == (400, "InvalidParameter"), bad
+        assert param in caught.value.message
+    with pytest.raises(Exception) as caught:  # the context binds the export as it binds Decrypt
+        sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], **wrapping)
+    assert caught.value.code == "InvalidParameter"
+    with pytest.raises(Exception) as caught:  # more than OAEP can carry under a 2048-bit key
+        sdk.call("GenerateAndExportDataKey", KeyId=new_key, NumberOfBytes=1024, **wrapping)
+    assert caught.value.code == "InvalidParameter" and "NumberOfBytes" in caught.value.message
