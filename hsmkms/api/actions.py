@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from hsmkms.api.authorize import (
     Access,
     Touches,
-    key_of,
     on_account,
     on_alias,
     on_blob,
@@ -72,16 +71,14 @@ class Call:
     def key(self, *names: str) -> KeyRecord:
         """The key named by the first of ``names`` (KeyId by default) the request gave, resolved once."""
         names = names or ("KeyId",)
-        key = key_of(self.access, *names)
+        key = self.access.key(*names)
         if key is None:
             raise MissingParameter(names[-1])
         return key
 
-    def keys(self, param: str) -> list[KeyRecord]:
-        """Every key of a flattened list (``ResourceId.N``), in index order."""
-        lookups = sorted(((int(name.rpartition(".")[2]), lookup) for name, lookup in self.access.keys.items()
-                          if name.startswith(param + ".")), key=lambda item: item[0])
-        return [lookup.record() for _, lookup in lookups]
+    def listed_keys(self) -> list[KeyRecord]:
+        """Every key of the flattened list the action takes (``ResourceId.N``), in index order."""
+        return [lookup.record() for lookup in self.access.listed]
 
     def blob(self) -> Located:
         """The CiphertextBlob, decoded once, with the key version and key it names."""
@@ -495,7 +492,7 @@ def tag_resources_scope(call: Call) -> Params:
 @action(on_keys("ResourceId"))
 def TagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
-    resources = call.keys("ResourceId") or [p.required("ResourceId.1")]
+    resources = call.listed_keys() or [p.required("ResourceId.1")]
     pairs = p.indexed_pairs("Tag", "Key", "Value") or [(p.required("Tag.1.Key"), None)]
     tags = validate_tags([(k, v or "") for k, v in pairs], "Tag")
     for key in resources:
@@ -506,7 +503,7 @@ def TagResources(call: Call) -> dict:
 @action(on_keys("ResourceId"))
 def UntagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
-    resources = call.keys("ResourceId") or [p.required("ResourceId.1")]
+    resources = call.listed_keys() or [p.required("ResourceId.1")]
     remove_all = p.boolean("All")
     tag_keys = None if remove_all else (p.indexed("TagKey") or [p.required("TagKey.1")])
     for key in resources:
@@ -519,7 +516,7 @@ def ListTagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
     wanted = p.indexed_pairs("Tag", "Key", "Value")
     start = p.integer("NextToken", 0, 10**9, default=0)
-    found = call.services.tags.find(call.keys("ResourceId"), wanted)
+    found = call.services.tags.find(call.listed_keys(), wanted)
     page = found[start:start + TAG_PAGE_SIZE]
     more = start + TAG_PAGE_SIZE < len(found)
     return {

@@ -31,7 +31,8 @@ class Access:
     """The policy checks one call needs, and the resolutions its handler acts on."""
 
     checks: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
-    keys: dict[str, KeyLookup] = field(default_factory=dict)  # by parameter name; lists as ResourceId.1 ...
+    keys: dict[str, KeyLookup] = field(default_factory=dict)  # by parameter name
+    listed: list[KeyLookup] = field(default_factory=list)  # a flattened list of keys (ResourceId.N), in order
     located: Located | None = None  # the CiphertextBlob, decoded once
     missing: KmsError | None = None  # the first lookup error, answered once the checks passed
 
@@ -39,19 +40,32 @@ class Access:
         self.checks.append((action, resources))
         return self
 
-    def resolved(self, name: str, lookup: KeyLookup) -> tuple[str, ...]:
-        """Remember a parameter's resolution for the handler; returns the ARNs it must be allowed on."""
-        self.keys[name] = lookup
+    def resolved(self, name: str | None, lookup: KeyLookup) -> tuple[str, ...]:
+        """Remember a parameter's resolution (``None``: the next of a list) for the handler; returns the ARNs
+        it must be allowed on."""
+        if name is None:
+            self.listed.append(lookup)
+        else:
+            self.keys[name] = lookup
         if lookup.missing is not None and self.missing is None:
             self.missing = lookup.missing
         return lookup.arns
+
+    def key(self, *names: str) -> KeyRecord | None:
+        """The resolved key of the first of ``names`` the request gave (None when it gave none of them)."""
+        for name in names:
+            lookup = self.keys.get(name)
+            if lookup is not None:
+                return lookup.record()
+        return None
 
     @property
     def key_id(self) -> str:
         """The first key the call resolved, for the audit trail."""
         if self.located is not None:
             return self.located.key.key_id
-        return next((lookup.key.key_id for lookup in self.keys.values() if lookup.key is not None), "")
+        resolved = [*self.keys.values(), *self.listed]
+        return next((lookup.key.key_id for lookup in resolved if lookup.key is not None), "")
 
 
 def authorize(policy: Policy, access: Access) -> None:
@@ -104,8 +118,7 @@ def on_keys(param: str) -> Touches:
         if not refs:
             return on_account()(action, p, resolver)
         access = Access()
-        arns = [arn for index, ref in enumerate(refs, start=1)
-                for arn in access.resolved(f"{param}.{index}", resolver.keys.lookup(ref))]
+        arns = [arn for ref in refs for arn in access.resolved(None, resolver.keys.lookup(ref))]
         return access.add(action, tuple(arns))
 
     return touches
@@ -164,11 +177,3 @@ def on_re_encrypt(action: str, p: Params, resolver: Resolver) -> Access:
         access.add("ReEncryptTo", access.resolved("DestinationKeyId", resolver.keys.lookup(destination)))
     return access
 
-
-def key_of(access: Access, *names: str) -> KeyRecord | None:
-    """The resolved key of the first of ``names`` the request gave (None when it gave none of them)."""
-    for name in names:
-        lookup = access.keys.get(name)
-        if lookup is not None:
-            return lookup.record()
-    return None
