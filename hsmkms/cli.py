@@ -18,7 +18,7 @@ from hsmkms.app import Runtime
 from hsmkms.backup import BackupError
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
-from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
+from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy, policy_warnings
 from hsmkms.service.keys import parse_rotation_interval, validate_alias_name
 from hsmkms.settings import Settings, SettingsError, load
 from hsmkms.store.base import StoreError
@@ -380,6 +380,7 @@ def access_key_policy_set(runtime: Runtime, access_key_id: str, policy_file) -> 
         policy = runtime.services.access_keys.set_policy(access_key_id, policy_file.read())
     except PolicyError as exc:
         raise click.ClickException(f"invalid policy: {exc}") from None
+    _warn_about(policy)
     click.echo(policy.to_json())
 
 
@@ -393,9 +394,17 @@ def access_key_policy_show(runtime: Runtime, access_key_id: str) -> None:
 
 def _read_policy(policy_file) -> Policy:
     try:
-        return parse_policy(policy_file.read())
+        policy = parse_policy(policy_file.read())
     except PolicyError as exc:
         raise click.ClickException(f"invalid policy: {exc}") from None
+    _warn_about(policy)
+    return policy
+
+
+def _warn_about(policy: Policy) -> None:
+    """A valid policy that does less than it seems to is stored as given, with a warning on stderr."""
+    for warning in policy_warnings(policy):
+        click.echo(f"warning: {warning}", err=True)
 
 
 if __name__ == "__main__":
