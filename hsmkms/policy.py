@@ -461,10 +461,12 @@ def _patterns(statement: dict[str, object], key: str, index: int) -> tuple[str, 
     return tuple(items)
 
 
-def _check_action(action: str, index: int) -> None:
+def _check_action(action: str, index: int, check_names: bool) -> None:
     """RAM's form (``*`` or ``kms:...``), and some KMS action must match."""
     if action != "*" and action[: len(ACTION_PREFIX)].lower() != ACTION_PREFIX:
         raise PolicyError(f"Statement {index}: Action {action!r} must be '*' or start with '{ACTION_PREFIX}'.")
+    if not check_names:
+        return
     if "*" in action or "?" in action:
         pattern = Wildcard(action, ignore_case=True)
         if not any(pattern.matches(name) for name in _QUALIFIED_ACTIONS):
@@ -477,10 +479,12 @@ def _check_action(action: str, index: int) -> None:
     raise PolicyError(f"Statement {index}: Action {action!r} is not a KMS action{hint}.")
 
 
-def _check_resource(resource: str, index: int) -> None:
+def _check_resource(resource: str, index: int, check_names: bool) -> None:
     """RAM's form (``*`` or an ARN), and some ARN this service checks must match."""
     if resource != "*" and not resource.startswith("acs:"):
         raise PolicyError(f"Statement {index}: Resource {resource!r} must be '*' or an ARN starting with 'acs:'.")
+    if not check_names:
+        return
     where = _mismatch(resource, _RESOURCES)
     if where is None:
         return
@@ -491,7 +495,7 @@ def _check_resource(resource: str, index: int) -> None:
     )
 
 
-def _statement(raw: object, index: int) -> Statement:
+def _statement(raw: object, index: int, check_names: bool) -> Statement:
     if not isinstance(raw, dict):
         raise PolicyError(f"Statement {index} must be a JSON object.")
     unknown = sorted(set(raw) - _STATEMENT_KEYS)
@@ -505,16 +509,18 @@ def _statement(raw: object, index: int) -> Statement:
     if effect not in _EFFECTS:
         raise PolicyError(f'Statement {index}: Effect must be "Allow" or "Deny", not {json.dumps(effect)}.')
     actions = _patterns(raw, "Action", index)
-    for action in actions:
-        _check_action(action, index)
     resources = _patterns(raw, "Resource", index)
+    for action in actions:
+        _check_action(action, index, check_names)
     for resource in resources:
-        _check_resource(resource, index)
+        _check_resource(resource, index, check_names)
     return Statement(effect=effect, actions=actions, resources=resources)
 
 
-def parse_policy(text: str) -> Policy:
-    """Validate a policy document strictly; raise :class:`PolicyError` saying what is wrong."""
+def parse_policy(text: str, *, check_names: bool = True) -> Policy:
+    """Validate a policy document strictly; raise :class:`PolicyError` saying what is wrong.
+
+    ``check_names=False`` is for a document stored before names were checked (``load_stored_policy``)."""
     if not isinstance(text, str):
         raise PolicyError("The policy document must be a JSON string.")
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
@@ -539,9 +545,25 @@ def parse_policy(text: str) -> Policy:
         raise PolicyError("Statement must be a list of statement objects.")
     if not raw_statements:
         raise PolicyError("Statement must not be empty.")
-    statements = tuple(_statement(item, index) for index, item in enumerate(raw_statements, start=1))
+    statements = tuple(_statement(item, index, check_names) for index, item in enumerate(raw_statements, start=1))
     canonical = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
     return Policy(statements=statements, document=canonical)
+
+
+def load_stored_policy(text: str) -> Policy:
+    """A policy as the store holds it.  Documents stored before actions and resources were checked against
+    what exists still load, meaning what they meant then (a misspelt name matches nothing), so that upgrading
+    changes no access key's rights; ``hsmkms doctor`` reports them (``stored_policy_problem``)."""
+    return parse_policy(text, check_names=False)
+
+
+def stored_policy_problem(text: str) -> str | None:
+    """Why a stored document would be refused today (None when it would be accepted)."""
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        return str(exc)
+    return None
 
 
 # --- warnings -----------------------------------------------------------------------------------------------

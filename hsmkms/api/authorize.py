@@ -19,11 +19,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hsmkms.api.params import Params
-from hsmkms.errors import ForbiddenNoPermission, KmsError
+from hsmkms.errors import ForbiddenNoPermission, InvalidParameter, KmsError
 from hsmkms.policy import Policy
 from hsmkms.service.crypto import CryptoService, Located
 from hsmkms.service.keys import Identity, KeyLookup, KeyService
 from hsmkms.store.base import KeyRecord
+
+
+# Far above any key id, alias name (at most 255 characters) or ARN: a longer reference names nothing, and is
+# refused before it reaches a lookup, a policy or an error message.
+MAX_KEY_REF_CHARS = 1024
+
+
+def key_ref(name: str, value: str) -> str:
+    if len(value) > MAX_KEY_REF_CHARS:
+        raise InvalidParameter(name, f"It must not exceed {MAX_KEY_REF_CHARS} characters.")
+    return value
 
 
 @dataclass
@@ -105,7 +116,7 @@ def on_key(*params: str) -> Touches:
         name = next((name for name in params if p.optional(name)), None)
         if name is None:
             return access
-        return access.add(action, access.resolved(name, resolver.keys.lookup(p.values[name])))
+        return access.add(action, access.resolved(name, resolver.keys.lookup(key_ref(name, p.values[name]))))
 
     return touches
 
@@ -118,7 +129,7 @@ def on_keys(param: str) -> Touches:
         if not refs:
             return on_account()(action, p, resolver)
         access = Access()
-        arns = [arn for ref in refs for arn in access.resolved(None, resolver.keys.lookup(ref))]
+        arns = [arn for ref in refs for arn in access.resolved(None, resolver.keys.lookup(key_ref(param, ref)))]
         return access.add(action, tuple(arns))
 
     return touches
@@ -133,12 +144,13 @@ def on_alias(key_param: str | None = None, *, current_key: bool = True) -> Touch
         resources: list[str] = []
         alias = p.optional("AliasName")
         if alias:
+            key_ref("AliasName", alias)
             if current_key:
                 resources += access.resolved("AliasName", resolver.keys.alias_lookup(alias))
             else:
                 resources.append(resolver.identity.alias_arn(alias))
         if key_param and p.optional(key_param):
-            resources += access.resolved(key_param, resolver.keys.lookup(p.values[key_param]))
+            resources += access.resolved(key_param, resolver.keys.lookup(key_ref(key_param, p.values[key_param])))
         if resources:
             access.add(action, tuple(resources))
         return access
@@ -174,6 +186,7 @@ def on_re_encrypt(action: str, p: Params, resolver: Resolver) -> Access:
         access.add("ReEncryptFrom", source)
     destination = p.optional("DestinationKeyId")
     if destination:
-        access.add("ReEncryptTo", access.resolved("DestinationKeyId", resolver.keys.lookup(destination)))
+        lookup = resolver.keys.lookup(key_ref("DestinationKeyId", destination))
+        access.add("ReEncryptTo", access.resolved("DestinationKeyId", lookup))
     return access
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from hsmkms.errors import ForbiddenAccessKey, InvalidAccessKeyIdNotFound
 from hsmkms.hsm.backend import HsmBackend
-from hsmkms.policy import ALLOW_ALL, Policy, parse_policy
+from hsmkms.policy import ALLOW_ALL, Policy, load_stored_policy, parse_policy
 from hsmkms.service.watch import Cache, StoreWatch
 from hsmkms.store.base import AccessKeyRecord, Store
 
@@ -83,7 +83,7 @@ class AccessKeyService:
         record = self.store.get_access_key(access_key_id)
         if record is None:
             raise InvalidAccessKeyIdNotFound()
-        return ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+        return ALLOW_ALL if record.policy is None else load_stored_policy(record.policy)
 
     def _changed(self, found: bool) -> None:
         if not found:
@@ -107,7 +107,7 @@ class AccessKeyService:
         if record is None:
             return None
         secret = self.hsm.gcm_decrypt(SERVICE_KEY_ID, record.secret_iv, record.secret_sealed, _aad(access_key_id))
-        policy = ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+        policy = ALLOW_ALL if record.policy is None else load_stored_policy(record.policy)
         return Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled", policy)
 
     def list(self) -> list[AccessKeyRecord]:

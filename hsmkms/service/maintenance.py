@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from hsmkms.hsm.backend import HsmError
+from hsmkms.policy import stored_policy_problem
 from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service.keys import KeyService
 
@@ -28,12 +29,13 @@ class DoctorReport:
     dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
+    invalid_policies: list[str] = field(default_factory=list)  # "<access key>: <why>", stored before checks
     repaired: list[str] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
         return not (self.missing_objects or self.orphan_objects or self.dead_objects or self.interrupted
-                    or self.service_key_missing)
+                    or self.service_key_missing or self.invalid_policies)
 
     def lines(self) -> list[str]:
         out = [f"missing HSM object for live key version {v} (cannot be repaired: restore the token)"
@@ -44,6 +46,8 @@ class DoctorReport:
                 f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
         if self.service_key_missing:
             out.append("the access-key service key is missing from the token (run hsmkms init)")
+        out += [f"access key policy that would be refused today (fix it with access-key policy set): {problem}"
+                for problem in self.invalid_policies]
         out += [f"repaired: {item}" for item in self.repaired]
         return out
 
@@ -113,6 +117,10 @@ class Maintenance:
         report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
         report.interrupted = sorted(pending)
         report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
+        for record in self.store.list_access_keys():
+            problem = None if record.policy is None else stored_policy_problem(record.policy)
+            if problem is not None:
+                report.invalid_policies.append(f"{record.access_key_id}: {problem}")
         if repair:
             for object_id in report.orphan_objects + report.dead_objects:
                 if versions.get(object_id):  # belt and braces: never a live version's object

@@ -11,6 +11,7 @@ import pytest
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed
+from hsmkms.policy import PolicyError
 from hsmkms.service import watch as watch_module
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
@@ -153,3 +154,20 @@ def test_a_warm_worker_reads_no_key_from_the_store(runtime, hsm):
         assert worker.services.keys.resolve(key.key_id) == key
     assert worker.services.crypto.decrypt(worker.services.crypto.locate(blob), {}).plaintext == "warm"
     worker.store.close()
+
+
+def test_a_policy_stored_before_names_were_checked_still_loads_and_doctor_reports_it(runtime):
+    access_keys = runtime.services.access_keys
+    access_key_id, _ = access_keys.create("stored by an earlier version")
+    old = ('{"Version": "1", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"},'
+           ' {"Effect": "Deny", "Action": "kms:Decrpyt", "Resource": "*"}]}')
+    with pytest.raises(PolicyError):
+        access_keys.set_policy(access_key_id, old)  # refused when stored now
+    assert runtime.store.set_access_key_policy(access_key_id, old)  # as an earlier version stored it
+    runtime.watch.invalidate()
+    policy = access_keys.credential(access_key_id).policy
+    # It means what it meant then: the misspelt Deny matches nothing, and the access key keeps working.
+    assert policy.evaluate("Decrypt", ["acs:kms:cn-hangzhou:1:key/k"]).allowed
+    report = runtime.services.maintenance.doctor()
+    assert not report.consistent
+    assert [line for line in report.lines() if access_key_id in line and "kms:Decrpyt" in line]
