@@ -577,9 +577,9 @@ def policy_warnings(policy: Policy) -> list[str]:
     that denies Decrypt and each that allows ReEncryptFrom, this looks for a key ARN that both match and no
     statement denying ReEncryptFrom does (exactly, with the same automata as validation; see ``_witness``).
     """
+    warnings = _alias_only_decrypt_denies(policy)
     denies_from = [s for s in policy.statements if s.effect == "Deny" and s.matches_action(RE_ENCRYPT_HALVES[0])]
     outside = _pattern_automaton(r for s in denies_from for r in s.resources)
-    warnings = []
     for deny_index, deny in enumerate(policy.statements, start=1):
         if deny.effect != "Deny" or not deny.matches_action(ACTION_PREFIX + "Decrypt"):
             continue
@@ -598,6 +598,22 @@ def policy_warnings(policy: Policy) -> list[str]:
                 "Deny kms:ReEncrypt (or kms:ReEncryptFrom) on those keys too."
             )
             break
+    return warnings
+
+
+def _alias_only_decrypt_denies(policy: Policy) -> list[str]:
+    """A Deny on kms:Decrypt that can match no key ARN denies no Decrypt: a ciphertext names its key, never
+    an alias, so Decrypt is checked on the key ARN alone."""
+    warnings = []
+    for index, statement in enumerate(policy.statements, start=1):
+        if statement.effect != "Deny" or not statement.matches_action(ACTION_PREFIX + "Decrypt"):
+            continue
+        if all(_mismatch(resource, _KEY_ARNS) is not None for resource in statement.resources):
+            warnings.append(
+                f"Statement {index} denies kms:Decrypt only on resources that are not keys (aliases, or the "
+                "account), so it denies no Decrypt: a ciphertext names its key, and Decrypt is checked on the "
+                "key's ARN. Name the key ARN (acs:kms:<region>:<account>:key/<key-id>) to deny it."
+            )
     return warnings
 
 

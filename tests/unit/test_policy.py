@@ -685,9 +685,6 @@ def test_warns_when_decrypt_is_denied_where_re_encrypt_from_is_allowed():
         # ReEncryptFrom is not allowed where Decrypt is denied
         [allow("kms:ReEncrypt*", APP_KEY), deny("kms:Decrypt", OTHER_KEY)],
         [allow(["kms:Decrypt", "kms:Encrypt"], "*"), deny("kms:Decrypt", OTHER_KEY)],
-        # a Deny on Decrypt that names only aliases or collections touches no key a blob can name
-        [allow("kms:*", "*"), deny("kms:Decrypt", "acs:kms:*:*:alias/*")],
-        [allow("kms:*", "*"), deny("kms:Decrypt", KEYS_COLLECTION)],
         # no Deny on Decrypt at all
         [allow("kms:*", "*")],
         [allow("kms:*", "*"), deny("kms:Encrypt", OTHER_KEY)],
@@ -712,6 +709,14 @@ def test_one_warning_per_deny_statement():
     warnings = policy_warnings(p)
     assert [w.split(",")[0] for w in warnings] == ["Statement 2 denies kms:Decrypt", "Statement 4 denies kms:Decrypt"]
     assert "statement 1 still allows" in warnings[0] and "statement 1 still allows" in warnings[1]
+
+
+@pytest.mark.parametrize("resources", ["acs:kms:*:*:alias/*", KEYS_COLLECTION, ["acs:kms:*:*:alias/app", "acs:kms:*:*:alias"]])
+def test_warns_that_a_decrypt_deny_on_aliases_only_denies_no_decrypt(resources):
+    (warning,) = policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", resources)))
+    assert warning.startswith("Statement 2 denies kms:Decrypt only on resources that are not keys")
+    assert policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", [*([resources] if isinstance(
+        resources, str) else resources), "acs:kms:*:*:key/*"]), deny("kms:ReEncrypt", "*"))) == []
 
 
 def test_readme_style_operator_policy_has_no_warning():
