@@ -146,6 +146,17 @@ def _key(row) -> KeyRecord:
     return KeyRecord(*values)
 
 
+class EveryProcess:
+    """With SQLite, on one machine, every worker runs the background jobs: each step is claimed by a
+    conditional write, so the jobs are safe to run from several processes at once."""
+
+    def held(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
 class SqliteStore:
     def __init__(self, path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
         self.path = Path(path)
@@ -249,17 +260,19 @@ class SqliteStore:
         conn = self._conn
         with self._errors():
             conn.execute("PRAGMA journal_mode=WAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+            # One write transaction: processes starting at once wait for each other, and the later ones find
+            # the schema (read inside the transaction) already up to date.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     for statement in filter(str.strip, script.split(";")):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={number}")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         os.chmod(self.path, 0o600)
         self._bump_changes()
 
@@ -296,6 +309,9 @@ class SqliteStore:
             return True
         except StoreError:
             return False
+
+    def job_lock(self) -> EveryProcess:
+        return EveryProcess()
 
     def data_version(self) -> int:
         with self._watch_lock:
