@@ -200,3 +200,10 @@ def drop_schema(server_url: str, schema_url: str) -> None:
     name = schema_url.rsplit("search_path%3D", 1)[1]
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def ensure_database(server_url: str, name: str) -> None:
+    """Create the database ``name`` on the server unless it exists."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{name}"')

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import logging
 import os
+import select
 import struct
 import threading
 import time
@@ -57,6 +58,10 @@ log = logging.getLogger(__name__)
 DEFAULT_POOL_SIZE = 4
 LISTEN_POLL_S = 1.0  # how often the listening thread looks up from its connection (to stop, or to notice)
 RECONNECT_S = 0.5  # pause between attempts to listen again after the connection was lost
+# The pool retries a lost connection with growing pauses (1, 2, 4 ... s) for this long, then lets the next
+# request start afresh: a node answers again within about this long after the database is back.
+RECONNECT_TIMEOUT_S = 5.0
+PING_TIMEOUT_S = 1.0  # /readyz waits no longer than this for a connection
 # Connection defaults a URL may override: give up connecting after 5 s, and notice a peer gone from the
 # network (keepalives) instead of waiting for TCP's retransmissions, which take about 15 minutes.
 CONNECTION_DEFAULTS = {
@@ -241,6 +246,7 @@ class _Connections:
                 self._pool = psycopg_pool.ConnectionPool(
                     self.url, kwargs=connection_kwargs(self.url), min_size=1, max_size=self.pool_size,
                     timeout=self.timeout_s, configure=self._configure, name="hsmkms", open=True,
+                    reconnect_timeout=RECONNECT_TIMEOUT_S,
                 )
                 self._pid = os.getpid()
         return self._pool
@@ -251,10 +257,26 @@ class _Connections:
         return self.scope
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
+        """A connection from the pool (waiting at most ``timeout``, default busy_timeout_ms); returned after."""
         with errors():
-            with self.pool().connection() as conn:
+            pool = self.pool()
+            conn = self._live_connection(pool, timeout)
+            try:
                 yield conn
+            finally:
+                pool.putconn(conn)
+
+    def _live_connection(self, pool: psycopg_pool.ConnectionPool, timeout: float | None) -> psycopg.Connection:
+        """A pooled connection the server has not closed.  An idle connection has nothing to read: anything
+        there is the server saying goodbye (it restarted, or an administrator ended the session), and such a
+        connection is closed and replaced rather than failing a request."""
+        while True:
+            conn = pool.getconn(timeout)
+            if not select.select([conn.fileno()], [], [], 0)[0]:
+                return conn
+            conn.close()
+            pool.putconn(conn)  # the pool drops it and makes another
 
     def close(self) -> None:
         with self._lock:
@@ -365,7 +387,8 @@ class PostgresStore:
 
     def ping(self) -> bool:
         try:
-            self._read("SELECT 1")
+            with self._db.connection(PING_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
             return True
         except StoreError:
             return False
@@ -699,7 +722,7 @@ class PostgresNonces:
 
     def ping(self) -> bool:
         try:
-            with self._db.connection() as conn:
+            with self._db.connection(PING_TIMEOUT_S) as conn:
                 conn.execute("SELECT 1")
             return True
         except StoreError:

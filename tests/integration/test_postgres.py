@@ -109,3 +109,13 @@ def test_caches_are_not_trusted_while_nobody_listens(stores, postgres_schema_url
     before = store.change_counter()
     writer.create_access_key(AccessKeyRecord("LTAIx", b"i", b"s", "Enabled", "", 1, "{}"))
     wait_until(lambda: store.change_counter() != before, timeout=1.0)
+
+
+def test_a_connection_the_server_ended_is_replaced_rather_than_failing_a_request(stores, postgres_schema_url):
+    """After PostgreSQL restarted (or an administrator ended sessions), the first request on each pooled
+    connection is not a 503."""
+    store = stores()
+    assert store.get_key("x") is None  # the pool holds a connection now
+    assert terminate(postgres_schema_url, "a.query NOT LIKE 'LISTEN%%'") >= 1
+    assert store.get_key("x") is None
+    assert store.ping()
