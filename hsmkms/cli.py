@@ -314,6 +314,27 @@ def restore_command(config_path: Path | None, source: Path, force: bool) -> None
             click.echo(line)
 
 
+@main.command("migrate-store")
+@config_option
+def migrate_store_command(config_path: Path | None) -> None:
+    """Copy the SQLite metadata ([store] path) into the new PostgreSQL database ([store] url).
+
+    Stop the server first; start the nodes on PostgreSQL afterwards."""
+    from hsmkms.migrate_store import MigrationError, migrate_store  # psycopg only for the commands that need it
+
+    settings = _settings(config_path)
+    try:
+        with _operator_errors():
+            copied = migrate_store(settings)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, count in copied.items():
+        click.echo(f"{table}: {count} rows")
+    click.echo(f"the metadata is in PostgreSQL now; {settings.database_path} was left as it was. Nonces were "
+               f"not carried over: keep the service stopped {settings.clock_skew_seconds} s after the last "
+               "request to the old store if a replay of a request signed before the move matters.")
+
+
 @main.group("access-key")
 def access_key() -> None:
     """Access keys that sign API requests."""

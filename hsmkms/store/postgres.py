@@ -376,6 +376,24 @@ class PostgresStore:
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
                     log.info("metadata store: schema migrated to version %d", number)
 
+    def import_rows(self, tables: dict[str, list[tuple]], columns: dict[str, list[str]]) -> None:
+        """Insert exported rows (``SqliteStore.export_rows``) into an empty schema, in one transaction."""
+        with self._transaction() as conn:
+            for table in ("keys", "access_keys"):
+                if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+                    raise StoreError(f"metadata store: the PostgreSQL {table} table is not empty; "
+                                     "migrate-store only fills a new database")
+            with conn.cursor() as cursor:
+                for table, rows in tables.items():
+                    names = sql.SQL(", ").join(map(sql.Identifier, columns[table]))
+                    marks = sql.SQL(", ").join(sql.Placeholder() * len(columns[table]))
+                    cursor.executemany(sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                        sql.Identifier(table), names, marks), rows)
+
+    def row_counts(self) -> dict[str, int]:
+        tables = ("keys", "key_versions", "aliases", "tags", "pending_objects", "access_keys")
+        return {table: self._read(f"SELECT COUNT(*) FROM {table}")[0][0] for table in tables}
+
     def schema_version(self) -> int:
         return self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0][0]
 

@@ -107,6 +107,16 @@ MIGRATIONS: list[str] = [
 
 _LIVE = "destroyed_at IS NULL"
 
+# What ``export_rows`` copies: table -> (columns, order).  Parents before children.
+EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
+    "keys": ([f.name for f in fields(KeyRecord)], "ORDER BY created_at, key_id"),
+    "key_versions": (["version_id", "key_id", "created_at"], "ORDER BY created_at, rowid"),
+    "aliases": (["alias_name", "key_id", "created_at"], "ORDER BY alias_name"),
+    "tags": (["key_id", "tag_key", "tag_value"], "ORDER BY key_id, tag_key"),
+    "pending_objects": (["object_id", "key_id", "purpose", "created_at"], "ORDER BY created_at, object_id"),
+    "access_keys": ([f.name for f in fields(AccessKeyRecord)], "ORDER BY created_at, access_key_id"),
+}
+
 _KEY_FIELDS = [f.name for f in fields(KeyRecord)]
 _KEY_COLUMNS = ", ".join(_KEY_FIELDS)
 _KEY_PLACEHOLDERS = ", ".join("?" for _ in fields(KeyRecord))
@@ -299,6 +309,20 @@ class SqliteStore:
             finally:
                 target.close()
         os.chmod(destination, 0o600)
+
+    def export_rows(self) -> dict[str, list[tuple]]:
+        """Every row of every table, in one read transaction (for ``hsmkms migrate-store``): versions in the
+        order they were made, booleans as booleans."""
+        with self._errors():
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                return {table: [tuple(bool(v) if table == "keys" and i in _KEY_BOOLEANS else v
+                                      for i, v in enumerate(row))
+                                for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} {order}")]
+                        for table, (columns, order) in EXPORTED_TABLES.items()}
+            finally:
+                conn.execute("ROLLBACK")
 
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"

@@ -7,6 +7,8 @@ import time
 import psycopg
 import pytest
 
+from hsmkms import backup
+from hsmkms.settings import Settings
 from hsmkms.store.base import AccessKeyRecord, StoreError
 from hsmkms.store.postgres import MIGRATIONS, PostgresStore
 from tests.services import free_port
@@ -119,3 +121,12 @@ def test_a_connection_the_server_ended_is_replaced_rather_than_failing_a_request
     assert terminate(postgres_schema_url, "a.query NOT LIKE 'LISTEN%%'") >= 1
     assert store.get_key("x") is None
     assert store.ping()
+
+
+def test_backup_and_restore_point_a_postgres_deployment_to_postgres_tools(tmp_path, postgres_schema_url):
+    settings = Settings(data_dir=tmp_path, store_url=postgres_schema_url)
+    for attempt in (lambda: backup.backup(settings, tmp_path / "backup"),
+                    lambda: backup.restore(settings, tmp_path, force=True)):
+        with pytest.raises(backup.BackupError, match="pg_dump"):
+            attempt()
+    assert not (tmp_path / "backup").exists() and not settings.database_path.exists()
