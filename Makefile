@@ -22,10 +22,10 @@ run-cluster: system-deps venv
 	@scripts/install-system-deps.sh haproxy
 	exec $(BIN)/python scripts/run_cluster.py $(CLUSTER_ARGS)
 
-# The three-node test needs HAProxy and a PostgreSQL server of its own (it restarts it); PostgreSQL and Redis
-# otherwise come from HSMKMS_TEST_POSTGRES_URL / HSMKMS_TEST_REDIS_URL or the local services (tests/services.py).
+# The three-node test needs HAProxy, and PostgreSQL and Redis servers of its own (it restarts them); other tests
+# use HSMKMS_TEST_POSTGRES_URL / HSMKMS_TEST_REDIS_URL or the local services (tests/services.py).
 test: system-deps venv
-	@scripts/install-system-deps.sh postgresql haproxy
+	@scripts/install-system-deps.sh postgresql redis-server haproxy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Load with verification: 64 clients for 60 s, restart, decrypt every blob; SOAK_ARGS="--crashes 3" kills

@@ -5,10 +5,13 @@ Run from the repository root:  .venv/bin/python scripts/run_cluster.py [--worker
 
 - Nodes: 127.0.0.1:8081, :8082 and :8083, configured under var/cluster/ (node1.toml ...; each node has a data
   folder of its own there, and they share var/cluster/softhsm/ and var/cluster/secrets/).
-- Metadata and nonces: the database named by HSMKMS_STORE_URL; by default ``hsmkms_cluster`` on the local
-  PostgreSQL (HSMKMS_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test: the database is
-  created there when missing).  Where no PostgreSQL answers, a private one is started in a temporary folder
-  for this run (from the Debian package, installed when missing).
+- Metadata: the database named by HSMKMS_STORE_URL; by default ``hsmkms_cluster`` on the local PostgreSQL
+  (HSMKMS_TEST_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test: the database is created
+  there when missing).
+- Nonces: in Redis, as the README recommends: HSMKMS_AUTH_NONCE_URL, by default the local Redis
+  (HSMKMS_TEST_REDIS_URL, default redis://127.0.0.1:6379/0).
+- Where no PostgreSQL or Redis answers, a private one is started in a temporary folder for this run (from the
+  Debian packages, installed when missing).
 - It writes var/dev-credentials.json (Endpoint 127.0.0.1:8080, a development access key, ``alias/dev``) as
   ``make run`` does, so every client and example works against the cluster unchanged.  A second run reuses
   the token, the database, the access key and the key.
@@ -22,6 +25,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,16 +60,29 @@ def database_url() -> tuple[str, services.PrivatePostgres | None]:
     return services.with_database(server, DATABASE), private
 
 
+def redis_url() -> tuple[str, services.PrivateRedis | None]:
+    """The nonce cache's URL, and the private Redis started for it (None when an existing one is used)."""
+    if os.environ.get("HSMKMS_AUTH_NONCE_URL"):
+        return os.environ["HSMKMS_AUTH_NONCE_URL"], None
+    url = os.environ.get(services.REDIS_URL_ENV, services.DEFAULT_REDIS_URL)
+    if services.redis_answers(url):
+        return url, None
+    print("no Redis answers at the default address: starting a private one for this run", flush=True)
+    private = services.PrivateRedis(Path(tempfile.mkdtemp(prefix="hsmkms-cluster-redis-")))
+    return private.url, private
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1, help="worker processes per node (default 1)")
     args = parser.parse_args()
     url, private = database_url()
+    nonce_url, private_redis = redis_url()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     cluster = Cluster.provision(CLUSTER_DIR, url, NODE_PORTS, BALANCER_PORT, workers=args.workers,
-                                credentials_path=CREDENTIALS)
+                                extra_config=f'[auth]\nnonce_url = "{nonce_url}"\n', credentials_path=CREDENTIALS)
     try:
         cluster.start()
         facts = cluster.credentials
@@ -74,7 +91,8 @@ def main() -> None:
                                                   key_alias=facts["KeyAlias"]), file=CREDENTIALS))
         print(f"HAProxy on 127.0.0.1:{BALANCER_PORT} in front of "
               + ", ".join(node.endpoint for node in cluster.nodes)
-              + f"; node logs in {CLUSTER_DIR}; Ctrl-C stops the cluster.", flush=True)
+              + f"; metadata in {url}, nonces in {nonce_url}; node logs in {CLUSTER_DIR}; Ctrl-C stops the "
+                "cluster.", flush=True)
         while not stop.wait(1):
             for node in cluster.nodes:
                 if node.process is not None and node.process.poll() is not None:
@@ -82,8 +100,9 @@ def main() -> None:
                     node.process = None
     finally:
         cluster.stop()
-        if private is not None:
-            private.remove()
+        for server in (private, private_redis):
+            if server is not None:
+                server.remove()
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def _postgres_bin() -> Path:
 class PrivatePostgres:
     """A PostgreSQL server of its own, on a free port of 127.0.0.1, trusting local connections."""
 
-    def __init__(self, parent: Path | None = None):
+    def __init__(self, parent: Path | None = None, durable: bool = False):
+        """``durable``: fsync on, as in production (the benchmark); off by default, since tests never crash
+        the machine and the disk's flushes only slow them down."""
+        self.durable = durable
         self.bin = _postgres_bin()
         self.as_root = os.geteuid() == 0
         base = None if self.as_root else parent
@@ -126,13 +129,20 @@ class PrivatePostgres:
             return ""
 
     def start(self) -> None:
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off "
-                   "-c max_connections=200 -c shared_buffers=32MB")
+        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} "
+                   f"-c fsync={'on' if self.durable else 'off'} -c max_connections=200 -c shared_buffers=64MB")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(START_TIMEOUT_S),
                   "-o", options, "start")
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(START_TIMEOUT_S), "stop")
+
+    def pid(self) -> int | None:
+        """The postmaster's process id (its children are the server's other processes)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -150,28 +160,36 @@ class PrivateRedis:
     """A Redis server of its own, on a free port of 127.0.0.1, keeping nothing on disk."""
 
     def __init__(self, parent: Path):
-        binary = shutil.which("redis-server")
-        if binary is None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             install("redis-server")
-            binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+            self.binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.root = parent
         self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(parent)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not redis_answers(self.url):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the private Redis did not start")
             time.sleep(0.05)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
     def remove(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        self.stop()
 
 
 def create_database(server_url: str, prefix: str = "hsmkms_test") -> str:

@@ -5,8 +5,10 @@ One scenario, in phases (each bounded in time): a mixed load spread round-robin 
 that runs the background jobs is SIGKILLed; the jobs move to another node, which rotates a due key exactly
 once; a nonce used on one node is refused on another; an access key disabled and a key disabled through one
 node are refused by the others within 1 s; PostgreSQL restarts under load, which gives 503s for a bounded
-time and the nodes recover by themselves; finally every acknowledged blob decrypts on the surviving nodes
-and again after all the nodes restarted.  PostgreSQL is a private server the test starts (and restarts) itself.
+time and the nodes recover by themselves; the replay cache (Redis, as the README recommends) stops, and
+every request is answered 503 until it is back; finally every acknowledged blob decrypts on the surviving
+nodes and again after all the nodes restarted.  PostgreSQL and Redis are private servers the test starts
+(and restarts) itself.
 """
 
 from __future__ import annotations
@@ -181,11 +183,19 @@ def postgres(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, postgres):
+def redis(tmp_path_factory):
+    private = services.PrivateRedis(tmp_path_factory.mktemp("redis"))
+    yield private
+    private.remove()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, postgres, redis):
     url = services.create_database(postgres.url, "hsmkms_cluster")
     ports = [services.free_port() for _ in range(3)]
     deployment = Cluster.provision(tmp_path_factory.mktemp("cluster"), url, ports, services.free_port(),
-                                   workers=1, extra_config="[scheduler]\ninterval_seconds = 1\n")
+                                   workers=1, extra_config=f'[scheduler]\ninterval_seconds = 1\n'
+                                                           f'[auth]\nnonce_url = "{redis.url}"\n')
     try:
         deployment.start()
         yield deployment
@@ -193,7 +203,7 @@ def cluster(tmp_path_factory, postgres):
         deployment.stop()
 
 
-def test_three_nodes(cluster: Cluster, postgres, monkeypatch):
+def test_three_nodes(cluster: Cluster, postgres, redis, monkeypatch):
     facts = cluster.credentials
     access_key_id, secret = facts["AccessKeyId"], facts["AccessKeySecret"]
     admin = sdk("tea-v3", cluster.endpoint, access_key_id, secret)
@@ -284,6 +294,18 @@ def test_three_nodes(cluster: Cluster, postgres, monkeypatch):
         ("503s outside the outage", stopped_at, back_at, recovered_at, [at for at, _ in load.errors])
     assert recovered_at - back_at <= RECOVERY_BOUND_S
     assert not load.wrong
+
+    # --- the replay cache stops: no request is let through unchecked, and service resumes when it is back ----
+    redis.stop()
+    with pytest.raises(ApiError) as unavailable:
+        admin.call("DescribeKey", KeyId=keys[0])
+    assert (unavailable.value.status, unavailable.value.code) == (503, "ServiceUnavailableTemporary")
+    for node in survivors:  # straight to each node too, not only through the balancer
+        with pytest.raises(ApiError) as direct:
+            sdk("legacy", node.endpoint, access_key_id, secret).call("DescribeKey", KeyId=keys[0])
+        assert (direct.value.status, direct.value.code) == (503, "ServiceUnavailableTemporary")
+    redis.start()
+    wait_until(lambda: _answers(admin, keys[0]), RECOVERY_BOUND_S, "recovery after the Redis restart")
 
     # --- every acknowledged blob decrypts on the survivors, and after all the nodes restarted ---------------
     blobs = list(load.blobs)
