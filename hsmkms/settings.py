@@ -84,9 +84,10 @@ class Settings:
 
     @property
     def hsm_lock_path(self) -> Path:
-        """The file lock that every process using the token takes around SoftHSM's writes: beside a managed
-        SoftHSM token directory, so that nodes sharing one token on one machine (make run-cluster) share it."""
-        return (self.data_dir if self.softhsm_token_dir is None else self.softhsm_token_dir.parent) / "hsm.lock"
+        """The file lock that every process using the token takes around SoftHSM's writes: in a managed SoftHSM
+        token directory (SoftHSM reads only the folders there), so that nodes sharing one token on one machine
+        (make run-cluster) share it too."""
+        return (self.data_dir if self.softhsm_token_dir is None else self.softhsm_token_dir) / "hsm.lock"
 
     @property
     def scheme(self) -> str:
