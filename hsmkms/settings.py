@@ -46,6 +46,7 @@ class Settings:
     hsm_wait_seconds: int = 10  # longest wait for the HSM before a request answers 503
     token_label: str = "hsmkms"
     pin_file: Path | None = None
+    hsm_lock_file: Path | None = None  # default: <data_dir>/hsm.lock
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
@@ -84,10 +85,9 @@ class Settings:
 
     @property
     def hsm_lock_path(self) -> Path:
-        """The file lock that every process using the token takes around SoftHSM's writes: in a managed SoftHSM
-        token directory (SoftHSM reads only the folders there), so that nodes sharing one token on one machine
-        (make run-cluster) share it too."""
-        return (self.data_dir if self.softhsm_token_dir is None else self.softhsm_token_dir) / "hsm.lock"
+        """The file lock that processes using the token take around its writes (SoftHSM needs it): every
+        process on one token must name the same file, nodes on one machine too (make run-cluster)."""
+        return self.hsm_lock_file or self.data_dir / "hsm.lock"
 
     @property
     def scheme(self) -> str:
@@ -153,6 +153,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "token_label"): "token_label",
     ("hsm", "pin_file"): "pin_file",
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
+    ("hsm", "lock_file"): "hsm_lock_file",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("store", "url"): "store_url",
@@ -168,7 +169,8 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("audit", "backup_count"): "audit_backup_count",
     ("log", "level"): "log_level",
 }
-_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
+_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key",
+                "hsm_lock_file"}
 _INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "store_pool_size", "hsm_wait_seconds",
                "clock_skew_seconds", "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes",
                "audit_backup_count"}

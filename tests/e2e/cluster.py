@@ -3,7 +3,7 @@
 ``make run-cluster`` (scripts/run_cluster.py) and the three-node tests both use it.  Each node has a data
 folder of its own (as a node on its own machine would: its audit log, metrics and heartbeats); they share
 the metadata database, the replay cache (in that database unless ``nonce_url`` says otherwise), the SoftHSM
-token (and the lock in its directory) and the token PIN.  HAProxy round-robins over the nodes that answer
+token (and the file lock that goes with it) and the token PIN.  HAProxy round-robins over the nodes that answer
 ``/readyz``, and answers in the Alibaba error shape (ServiceUnavailableTemporary, 503) when none does.
 """
 
@@ -80,6 +80,7 @@ workers = {workers}
 [hsm]
 token_label = "{TOKEN_LABEL}"
 pin_file = "secrets/token.pin"
+lock_file = "softhsm/hsm.lock"
 [hsm.softhsm]
 token_dir = "softhsm/tokens"
 [store]

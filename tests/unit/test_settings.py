@@ -386,11 +386,8 @@ def test_bad_store_or_nonce_settings(variable, url, complaint):
     assert "s3cret" not in str(info.value)  # a secret is never repeated in a message
 
 
-def test_the_hsm_lock_sits_with_a_managed_token_for_every_node_that_shares_it(tmp_path):
-    node1 = load(write(tmp_path, 'data_dir = "node1"\n[hsm.softhsm]\ntoken_dir = "shared/tokens"\n', "n1.toml"),
-                 environ={})
-    node2 = load(write(tmp_path, 'data_dir = "node2"\n[hsm.softhsm]\ntoken_dir = "shared/tokens"\n', "n2.toml"),
-                 environ={})
-    assert node1.hsm_lock_path == node2.hsm_lock_path == (tmp_path / "shared" / "tokens" / "hsm.lock").resolve()
-    vendor = load(write(tmp_path, 'data_dir = "node3"\n', "n3.toml"), environ={})
-    assert vendor.hsm_lock_path == (tmp_path / "node3" / "hsm.lock").resolve()  # a real HSM: one per node
+def test_the_hsm_lock_file(tmp_path):
+    shared = load(write(tmp_path, 'data_dir = "node1"\n[hsm]\nlock_file = "shared/hsm.lock"\n', "n1.toml"), environ={})
+    assert shared.hsm_lock_path == (tmp_path / "shared" / "hsm.lock").resolve()
+    alone = load(write(tmp_path, 'data_dir = "node2"\n', "n2.toml"), environ={})
+    assert alone.hsm_lock_path == (tmp_path / "node2" / "hsm.lock").resolve()
