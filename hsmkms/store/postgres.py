@@ -9,16 +9,16 @@ two deployments in two schemas of one database do not see each other.
   once wait for each other, and the second finds nothing left to do.
 - **Changes** (what lets every node drop its caches): a trigger on every cached table bumps the one row of
   ``changes`` and sends a notification on the store's channel, in the writing transaction (so a change made
-  by hand with psql counts too).  A thread in each
-  process listens; ``change_counter()`` is a memory read of what it heard, and while it is not listening
-  (starting, or reconnecting after the database went away) each call returns a new value, so that nothing
-  is served from a cache that could have missed a change.  ``data_version()`` reads the row itself: the
-  watch asks it at most once a second, which bounds staleness to 1 s even if a notification were lost.
+  by hand with psql counts too).  A thread in each process listens; ``change_counter()`` is a memory read of
+  what it heard, and while it is not listening (starting, or reconnecting after the database went away) each
+  call returns a new value, so that nothing is served from a cache that could have missed a change.
+  ``data_version()`` reads the row itself: the watch asks it at most once a second, which bounds staleness
+  to 1 s even if a notification were lost.
 - **Background jobs** run where the session advisory lock ``jobs`` is held (``PostgresJobLock``).
 - **Signature nonces** may live here too (``PostgresNonces``: an UNLOGGED table).
 
-Writes fail with StoreError (answered 503) when no connection is free within ``busy_timeout_ms`` or a
-statement runs longer; a connection the server closed is replaced by the pool.
+Reads and writes fail with StoreError (answered 503) when no connection is free within ``busy_timeout_ms`` or
+a statement runs longer; a pooled connection the server closed is replaced before it is used.
 """
 
 from __future__ import annotations
