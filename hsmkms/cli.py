@@ -90,12 +90,13 @@ def init(config_path: Path | None) -> None:
 @click.option("--credentials", "credentials_file", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Where to write the development credentials (JSON, mode 0600).")
 @click.option("--tls", is_flag=True, help="Also make a development CA and server certificate under <data_dir>/tls.")
-def dev_setup(config_path: Path | None, credentials_file: Path, tls: bool) -> None:
+@click.option("--endpoint", help="The HOST:PORT clients use (default: [server] listen), e.g. a load balancer's.")
+def dev_setup(config_path: Path | None, credentials_file: Path, tls: bool, endpoint: str | None) -> None:
     """Initialise and make sure a development access key and alias/dev exist (used by `make run`)."""
     settings = _settings(config_path)
     with _runtime(settings) as runtime:
         host, port = settings.listen_host_port
-        credentials = provision.dev_setup(runtime, credentials_file, f"{host}:{port}")
+        credentials = provision.dev_setup(runtime, credentials_file, endpoint or f"{host}:{port}")
     if tls:
         certificates = ensure_dev_certificates(settings.data_dir / "tls", (host, "localhost"))
         click.echo(DEV_TLS_BANNER.format(c=credentials, file=credentials_file, ca=certificates.ca_cert))
@@ -311,6 +312,27 @@ def restore_command(config_path: Path | None, source: Path, force: bool) -> None
     with _operator_errors():
         for line in backup.restore(settings, source, force):
             click.echo(line)
+
+
+@main.command("migrate-store")
+@config_option
+def migrate_store_command(config_path: Path | None) -> None:
+    """Copy the SQLite metadata ([store] path) into the new PostgreSQL database ([store] url).
+
+    Stop the server first; start the nodes on PostgreSQL afterwards."""
+    from hsmkms.migrate_store import MigrationError, migrate_store  # psycopg only for the commands that need it
+
+    settings = _settings(config_path)
+    try:
+        with _operator_errors():
+            copied = migrate_store(settings)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, count in copied.items():
+        click.echo(f"{table}: {count} rows")
+    click.echo(f"the metadata is in PostgreSQL now; {settings.database_path} was left as it was. Nonces were "
+               f"not carried over: keep the service stopped {settings.clock_skew_seconds} s after the last "
+               "request to the old store if a replay of a request signed before the move matters.")
 
 
 @main.group("access-key")

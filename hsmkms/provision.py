@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def init(settings: Settings) -> Runtime:
     ensure_softhsm_token(settings)
     runtime = build_runtime(settings)
     runtime.store.migrate()
+    runtime.nonces.prepare(time.time())
     runtime.hsm.open()
     runtime.services.access_keys.ensure_service_key()
     return runtime

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +46,18 @@ class Settings:
     hsm_wait_seconds: int = 10  # longest wait for the HSM before a request answers 503
     token_label: str = "hsmkms"
     pin_file: Path | None = None
+    hsm_lock_file: Path | None = None  # default: <data_dir>/hsm.lock
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
     database: Path | None = None  # default: <data_dir>/hsmkms.db
+    store_url: str = ""  # postgresql://...: the metadata in PostgreSQL (several nodes); "": SQLite at database
+    store_pool_size: int = 4  # PostgreSQL connections each server worker keeps at most
     busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
     nonce_table_mib: int = 128  # the shared nonce table: about 75,000 nonces a MiB
+    nonce_url: str = ""  # redis://... or postgresql://...; "": the file table (SQLite) or the store's database
     # [metrics]
     metrics_listen: str = ""  # host:port of a separate listener for /metrics, /healthz, /readyz; "" = main one
     # [audit]
@@ -71,8 +76,18 @@ class Settings:
         return self.database or self.data_dir / "hsmkms.db"
 
     @property
+    def uses_postgres(self) -> bool:
+        return bool(self.store_url)
+
+    @property
     def nonces_path(self) -> Path:
         return self.data_dir / "nonces.bin"
+
+    @property
+    def hsm_lock_path(self) -> Path:
+        """The file lock that processes using the token take around its writes (SoftHSM needs it): every
+        process on one token must name the same file, nodes on one machine too (make run-cluster)."""
+        return self.hsm_lock_file or self.data_dir / "hsm.lock"
 
     @property
     def scheme(self) -> str:
@@ -138,11 +153,15 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "token_label"): "token_label",
     ("hsm", "pin_file"): "pin_file",
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
+    ("hsm", "lock_file"): "hsm_lock_file",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
+    ("store", "url"): "store_url",
+    ("store", "pool_size"): "store_pool_size",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
     ("auth", "nonce_table_mib"): "nonce_table_mib",
+    ("auth", "nonce_url"): "nonce_url",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
     ("metrics", "listen"): "metrics_listen",
     ("audit", "path"): "audit_path",
@@ -150,9 +169,11 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("audit", "backup_count"): "audit_backup_count",
     ("log", "level"): "log_level",
 }
-_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
-_INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
-               "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
+_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key",
+                "hsm_lock_file"}
+_INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "store_pool_size", "hsm_wait_seconds",
+               "clock_skew_seconds", "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes",
+               "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -215,6 +236,24 @@ def load(path: str | os.PathLike | None = None, environ: dict[str, str] | None =
     return settings
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _validate_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """Empty, or a URL of one of ``schemes`` without a password (secrets stay out of configuration and URLs:
+    libpq reads PGPASSWORD or ~/.pgpass, the Redis client REDISCLI_AUTH)."""
+    if not url:
+        return
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in schemes:
+        raise SettingsError(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+    credentials, at, _ = rest.split("/", 1)[0].rpartition("@")
+    if at and ":" in credentials or re.search(r"[?&]password=", rest):
+        raise SettingsError(f"{name} must not hold a password: use PGPASSWORD or ~/.pgpass for PostgreSQL, "
+                            "REDISCLI_AUTH for Redis")
+
+
 def _validate(settings: Settings) -> None:
     for name, address in (("listen", settings.listen), ("[metrics] listen", settings.metrics_listen)):
         if name != "listen" and not address:
@@ -246,6 +285,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("clock_skew_seconds must be positive")
     if not 1 <= settings.nonce_table_mib <= MAX_NONCE_TABLE_MIB:
         raise SettingsError(f"[auth] nonce_table_mib must be 1 to {MAX_NONCE_TABLE_MIB}")
+    _validate_url("[store] url", settings.store_url, POSTGRES_SCHEMES)
+    _validate_url("[auth] nonce_url", settings.nonce_url, POSTGRES_SCHEMES + REDIS_SCHEMES)
+    if not 1 <= settings.store_pool_size <= 100:
+        raise SettingsError("[store] pool_size must be 1 to 100")
     if not settings.region or ":" in settings.region:
         raise SettingsError(f"region is not valid: {settings.region!r}")
     if not (settings.account_id.isascii() and settings.account_id.isdigit()):

@@ -16,6 +16,7 @@ from hsmkms import provision
 from hsmkms.app import Runtime, build_runtime
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.settings import Settings
+from tests import services
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +58,50 @@ def loose_umask():
     old = os.umask(0o022)
     yield
     os.umask(old)
+
+
+# --- PostgreSQL and Redis (tests/services.py) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory) -> str:
+    """The URL of a PostgreSQL server the tests may create databases on: the machine's, or a private one."""
+    url = os.environ.get(services.POSTGRES_URL_ENV, services.DEFAULT_POSTGRES_URL)
+    if services.postgres_answers(url):
+        yield url
+        return
+    private = services.PrivatePostgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        private.start()
+        yield private.url
+    finally:
+        private.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A database of this test's own (removed afterwards)."""
+    url = services.create_database(postgres_server)
+    yield url
+    services.drop_database(postgres_server, url)
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_server: str) -> str:
+    """A schema of this test's own in the server's database (cheaper than a database; removed afterwards)."""
+    url = services.create_schema(postgres_server)
+    yield url
+    services.drop_schema(postgres_server, url)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> str:
+    url = os.environ.get(services.REDIS_URL_ENV, services.DEFAULT_REDIS_URL)
+    if services.redis_answers(url):
+        yield url
+        return
+    private = services.PrivateRedis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield private.url
+    finally:
+        private.remove()
