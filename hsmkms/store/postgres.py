@@ -576,18 +576,19 @@ class PostgresStore:
         with self._transaction() as conn:
             conn.execute("INSERT INTO aliases VALUES (%s, %s, %s)", astuple(alias))
 
-    def update_alias(self, alias_name: str, key_id: str) -> bool:
+    def update_alias(self, alias_name: str, key_id: str, expected_key_id: str) -> bool:
         with self._transaction() as conn:
-            return conn.execute("UPDATE aliases SET key_id = %s WHERE alias_name = %s",
-                                (key_id, alias_name)).rowcount > 0
+            return conn.execute("UPDATE aliases SET key_id = %s WHERE alias_name = %s AND key_id = %s",
+                                (key_id, alias_name, expected_key_id)).rowcount > 0
 
     def get_alias(self, alias_name: str) -> AliasRecord | None:
         rows = self._read("SELECT alias_name, key_id, created_at FROM aliases WHERE alias_name = %s", (alias_name,))
         return AliasRecord(*rows[0]) if rows else None
 
-    def delete_alias(self, alias_name: str) -> bool:
+    def delete_alias(self, alias_name: str, expected_key_id: str) -> bool:
         with self._transaction() as conn:
-            return conn.execute("DELETE FROM aliases WHERE alias_name = %s", (alias_name,)).rowcount > 0
+            return conn.execute("DELETE FROM aliases WHERE alias_name = %s AND key_id = %s",
+                                (alias_name, expected_key_id)).rowcount > 0
 
     def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]:
         where, args = ("WHERE key_id = %s", (key_id,)) if key_id is not None else ("", ())

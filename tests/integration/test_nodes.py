@@ -101,15 +101,20 @@ def test_a_policy_changed_on_one_node_is_enforced_by_the_other(nodes):
 def test_a_key_disabled_on_one_node_is_refused_by_the_other(nodes):
     a, b = nodes
     key = a.services.keys.create_key(**CREATE)
-    a.services.keys.create_alias("alias/moving", key.key_id)
+    a.services.keys.create_alias("alias/moving", key)
     b.watch.refresh()
-    sealed = b.services.crypto.encrypt("alias/moving", "hello", {})  # key and alias now cached on B
-    a.services.keys.disable(key.key_id)
-    enforced_within(b, lambda: b.services.crypto.encrypt("alias/moving", "hello", {}), KeyStateRejected)
-    a.services.keys.enable(key.key_id)
-    a.services.keys.delete_alias("alias/moving")
+
+    def encrypt_on_b():
+        return b.services.crypto.encrypt(b.services.keys.resolve("alias/moving"), "hello", {})
+
+    sealed = encrypt_on_b()  # key and alias now cached on B
+    a.services.keys.disable(key)
+    enforced_within(b, encrypt_on_b, KeyStateRejected)
+    enabled = a.services.keys.enable(a.services.keys.resolve(key.key_id))
+    a.services.keys.delete_alias("alias/moving", enabled)
     enforced_within(b, lambda: b.services.keys.resolve("alias/moving"), AliasNotFound)
-    assert b.services.crypto.decrypt(sealed.ciphertext_blob, {}).plaintext == "hello"
+    located = b.services.crypto.locate(sealed.ciphertext_blob)
+    assert b.services.crypto.decrypt(located, {}).plaintext == "hello"
 
 
 def test_the_bound_holds_when_a_notification_is_lost(nodes, monkeypatch):

@@ -332,11 +332,14 @@ def test_aliases(store):
     assert store.list_aliases(0, 2) == ([AliasRecord("alias/C", b.key_id, 7), AliasRecord("alias/a", a.key_id, 6)], 3)
     assert store.list_aliases(2, 2) == ([AliasRecord("alias/b", a.key_id, 5)], 3)
     assert store.list_aliases(0, 10, key_id=b.key_id) == ([AliasRecord("alias/C", b.key_id, 7)], 1)
-    assert store.update_alias("alias/a", b.key_id)
-    assert not store.update_alias("alias/none", b.key_id)
+    assert store.update_alias("alias/a", b.key_id, expected_key_id=a.key_id)
+    assert not store.update_alias("alias/none", b.key_id, expected_key_id=a.key_id)
+    # Moved only while it still points where the caller was authorized to see it point.
+    assert not store.update_alias("alias/a", a.key_id, expected_key_id=a.key_id)
     assert store.get_alias("alias/a").key_id == b.key_id
-    assert store.delete_alias("alias/a")
-    assert not store.delete_alias("alias/a")
+    assert not store.delete_alias("alias/a", expected_key_id=a.key_id)
+    assert store.delete_alias("alias/a", expected_key_id=b.key_id)
+    assert not store.delete_alias("alias/a", expected_key_id=b.key_id)
     assert store.list_aliases(0, 10, key_id=b.key_id)[1] == 1
 
 
