@@ -185,6 +185,9 @@ class MeteredHsm:
     def key_info(self, object_id: str) -> KeyObjectInfo:
         return self._backend.key_info(object_id)
 
+    def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
+        return self._backend.allowed_mechanisms(object_id)
+
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._timed("encrypt", lambda: self._backend.gcm_encrypt(object_id, iv, plaintext, aad))
 

@@ -52,6 +52,8 @@ class KeyObjectInfo:
     verify: bool
     derive: bool
     key_bits: int
+    # CKA_ALLOWED_MECHANISMS by name, e.g. ("AES_GCM",); () = any mechanism; None = the token has no such attribute
+    allowed_mechanisms: tuple[str, ...] | None
 
 
 class HsmBackend(Protocol):
@@ -77,6 +79,9 @@ class HsmBackend(Protocol):
         """Every hsmkms-made key object in the token: object id -> label."""
 
     def key_info(self, object_id: str) -> KeyObjectInfo: ...
+
+    def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
+        """The key's CKA_ALLOWED_MECHANISMS by name; () = unrestricted; None = the token has no such attribute."""
 
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-GCM inside the token; returns ciphertext || 16-byte tag."""

@@ -12,6 +12,9 @@ Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
   login, which rewrites the token's own file (see the class), and a re-initialisation to see objects another
   process made (see ``_call``).  The soak and a CI run found these.
 - A GCM tag mismatch (wrong AAD, tampered data) surfaces as CKR_GENERAL_ERROR.
+- python-pkcs11 has no encoding for CKA_ALLOWED_MECHANISMS (an array of CK_MECHANISM_TYPE): sessions are
+  opened with an attribute mapper that packs and unpacks it.  A template it cannot pack makes python-pkcs11
+  free uninitialised pointers (a crash), so the handler must be registered before any template uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +35,7 @@ from typing import TypeVar
 import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
+from pkcs11.attributes import AttributeMapper
 from pkcs11.mechanisms import GCMParams
 
 from hsmkms.hsm.backend import (
@@ -57,6 +62,10 @@ _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired,
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
 _TAG_MISMATCH_ERRORS = (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
 _NO_LOCK = contextlib.nullcontext()
+# What a token answers when it does not know CKA_ALLOWED_MECHANISMS (PKCS#11 2.40: CKR_ATTRIBUTE_TYPE_INVALID).
+_ATTRIBUTE_REFUSED_ERRORS = (p11.AttributeTypeInvalid,)
+# The only mechanism a master key may be used with.
+MASTER_KEY_MECHANISMS = (Mechanism.AES_GCM,)
 
 
 _initialised_in: dict[str, int] = {}  # module path -> pid that initialised it
@@ -76,9 +85,24 @@ def _library(module_path: str):
     return lib
 
 
-def master_key_template(object_id: str, label: str) -> dict:
-    """What a master key is: a token object that can only encrypt and decrypt, and never leaves."""
-    return {
+def attribute_mapper() -> AttributeMapper:
+    """python-pkcs11's mapper, taught CKA_ALLOWED_MECHANISMS: an array of CK_MECHANISM_TYPE (a native CK_ULONG)."""
+    mapper = AttributeMapper()
+    mapper.register_handler(
+        Attribute.ALLOWED_MECHANISMS,
+        lambda mechanisms: b"".join(struct.pack("L", int(m)) for m in mechanisms),
+        lambda raw: [Mechanism(m) for (m,) in struct.iter_unpack("L", raw)],
+    )
+    return mapper
+
+
+def master_key_template(object_id: str, label: str, restrict_mechanisms: bool = True) -> dict:
+    """What a master key is: a token object that can only encrypt and decrypt with AES-GCM, and never leaves.
+
+    ``restrict_mechanisms``: also say CKA_ALLOWED_MECHANISMS = {CKM_AES_GCM}, so that even a holder of the PIN
+    cannot use the key with another mechanism (ECB would reveal GCM's hash subkey); for tokens that support it.
+    """
+    template = {
         Attribute.TOKEN: True,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
@@ -94,6 +118,9 @@ def master_key_template(object_id: str, label: str) -> dict:
         Attribute.ID: object_id.encode("ascii"),
         Attribute.LABEL: label,
     }
+    if restrict_mechanisms:
+        template[Attribute.ALLOWED_MECHANISMS] = list(MASTER_KEY_MECHANISMS)
+    return template
 
 
 class Pkcs11Backend:
@@ -122,6 +149,8 @@ class Pkcs11Backend:
         self._session = None
         self._keys: dict[str, object] = {}
         self._last_failure = 0.0
+        # Cleared when the token refuses CKA_ALLOWED_MECHANISMS in a template (it does not support it).
+        self._restrict_mechanisms = True
 
     # --- locking -----------------------------------------------------------------------------------------
 
@@ -224,9 +253,9 @@ class Pkcs11Backend:
         except p11.PKCS11Error as exc:
             raise HsmUnavailable(f"cannot load PKCS#11 module {self._module_path}: {exc!r}") from exc
         try:
-            return token.open(rw=True, user_pin=self._pin_source())
+            return token.open(rw=True, user_pin=self._pin_source(), attribute_mapper=attribute_mapper())
         except p11.UserAlreadyLoggedIn:
-            return token.open(rw=True)
+            return token.open(rw=True, attribute_mapper=attribute_mapper())
         except _AUTH_ERRORS as exc:
             raise HsmAuthFailed(f"the token {self._token_label!r} refused the PIN ({type(exc).__name__})") from exc
         except p11.PKCS11Error as exc:
@@ -339,9 +368,19 @@ class Pkcs11Backend:
             raise ValueError(f"labels of hsmkms objects start with {LABEL_PREFIX!r}")
 
         def generate(session):
-            key = session.generate_key(
-                KeyType.AES, 256, store=True, template=master_key_template(object_id, label)
-            )
+            def make(restrict: bool):
+                template = master_key_template(object_id, label, restrict_mechanisms=restrict)
+                return session.generate_key(KeyType.AES, 256, store=True, template=template)
+
+            try:
+                key = make(self._restrict_mechanisms)
+            except _ATTRIBUTE_REFUSED_ERRORS as exc:
+                if not self._restrict_mechanisms:
+                    raise
+                log.warning("the token does not take CKA_ALLOWED_MECHANISMS (%s): master keys are made without "
+                            "it, so a holder of the PIN can use them with other mechanisms", type(exc).__name__)
+                self._restrict_mechanisms = False
+                key = make(False)
             self._keys[object_id] = key
 
         self._call(generate, exclusive=True)
@@ -391,9 +430,20 @@ class Pkcs11Backend:
                 verify=key[a.VERIFY],
                 derive=key[a.DERIVE],
                 key_bits=key[a.VALUE_LEN] * 8,
+                allowed_mechanisms=self._allowed_mechanisms(key),
             )
 
         return self._with_key(object_id, read)
+
+    def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
+        return self._with_key(object_id, self._allowed_mechanisms)
+
+    @staticmethod
+    def _allowed_mechanisms(key) -> tuple[str, ...] | None:
+        try:
+            return tuple(sorted(m.name for m in key[Attribute.ALLOWED_MECHANISMS]))
+        except p11.AttributeTypeInvalid:
+            return None
 
     # --- cryptography ------------------------------------------------------------------------------------
 

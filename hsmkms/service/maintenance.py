@@ -28,6 +28,9 @@ class DoctorReport:
     dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
+    # Advice, not an inconsistency: objects usable with any mechanism (made before hsmkms restricted them to
+    # AES-GCM; CKA_ALLOWED_MECHANISMS cannot be added to an existing object).  None: the token has no such attribute.
+    unrestricted_objects: list[str] | None = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -44,6 +47,13 @@ class DoctorReport:
                 f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
         if self.service_key_missing:
             out.append("the access-key service key is missing from the token (run hsmkms init)")
+        if self.unrestricted_objects is None:
+            out.append("note: the token does not support CKA_ALLOWED_MECHANISMS: with the PIN, master keys can be "
+                       "used with other mechanisms than AES-GCM")
+        else:
+            out += [f"note: HSM object {v} lacks CKA_ALLOWED_MECHANISMS = {{CKM_AES_GCM}} (made before hsmkms set "
+                    f"it; rotate its key so that new data is sealed by a restricted version)"
+                    for v in self.unrestricted_objects]
         out += [f"repaired: {item}" for item in self.repaired]
         return out
 
@@ -98,6 +108,17 @@ class Maintenance:
         self.hsm.destroy_key(object_id)
         self.store.finish_object(object_id)
 
+    def _unrestricted(self, object_ids: list[str]) -> list[str] | None:
+        """The objects whose CKA_ALLOWED_MECHANISMS is not exactly {CKM_AES_GCM}; None when the token lacks it."""
+        unrestricted = []
+        for object_id in sorted(object_ids):
+            allowed = self.hsm.allowed_mechanisms(object_id)
+            if allowed is None:
+                return None
+            if allowed != ("AES_GCM",):
+                unrestricted.append(object_id)
+        return unrestricted
+
     def doctor(self, repair: bool = False) -> DoctorReport:
         """Compare the token's objects with the metadata; with ``repair``, fix what is safe to fix.
 
@@ -113,6 +134,9 @@ class Maintenance:
         report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
         report.interrupted = sorted(pending)
         report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
+        report.unrestricted_objects = self._unrestricted(
+            [v for v, live in versions.items() if live and v in objects]
+            + ([] if report.service_key_missing else [SERVICE_KEY_ID]))
         if repair:
             for object_id in report.orphan_objects + report.dead_objects:
                 if versions.get(object_id):  # belt and braces: never a live version's object

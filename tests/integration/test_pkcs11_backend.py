@@ -8,7 +8,9 @@ import uuid
 
 import pkcs11
 import pytest
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
 
 from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
@@ -29,6 +31,21 @@ def test_master_key_attributes_on_the_token(hsm):
     assert (info.always_sensitive, info.never_extractable) == (True, True)
     assert (info.encrypt, info.decrypt) == (True, True)
     assert not any([info.wrap, info.unwrap, info.sign, info.verify, info.derive])
+    assert info.allowed_mechanisms == ("AES_GCM",)
+
+
+def test_a_master_key_refuses_every_mechanism_but_gcm(hsm, hsm_settings):
+    """With the PIN, AES-ECB on a master key would give GCM's hash subkey: the token itself refuses it."""
+    object_id = new_key(hsm)
+    lib = pkcs11.lib(hsm_settings.module)
+    token = lib.get_token(token_label=hsm_settings.token_label)
+    with token.open() as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
+        for mechanism, param in [(Mechanism.AES_ECB, None), (Mechanism.AES_CBC_PAD, bytes(16))]:
+            with pytest.raises(p11.MechanismInvalid):  # SoftHSM's answer; the standard allows KEY_FUNCTION_...
+                key.encrypt(bytes(16), mechanism=mechanism, mechanism_param=param)
+        # GCM still works on that key
+        assert len(key.encrypt(b"x", mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(bytes(12), b"", 128))) == 17
 
 
 def test_key_value_cannot_be_read(hsm, hsm_settings):

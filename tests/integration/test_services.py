@@ -6,11 +6,15 @@ import sqlite3
 import stat
 import uuid
 
+import pkcs11
 import pytest
+from pkcs11 import KeyType
 
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed
+from hsmkms.hsm.pkcs11 import master_key_template
+from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service import watch as watch_module
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
@@ -153,3 +157,25 @@ def test_a_warm_worker_reads_no_key_from_the_store(runtime, hsm):
         assert worker.services.keys.resolve(key.key_id) == key
     assert worker.services.crypto.decrypt(blob, {}).plaintext == "warm"
     worker.store.close()
+
+
+def test_service_key_is_restricted_to_gcm(runtime, hsm):
+    assert hsm.allowed_mechanisms(SERVICE_KEY_ID) == ("AES_GCM",)
+
+
+def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_settings):
+    """Objects made before hsmkms set CKA_ALLOWED_MECHANISMS are reported (advice: doctor still passes)."""
+    restricted = runtime.services.keys.create_key(**CREATE)
+    legacy = runtime.services.keys.create_key(**CREATE)
+    # Replace the legacy key's object by one made as hsmkms made them before: no CKA_ALLOWED_MECHANISMS.
+    version_id = legacy.primary_version_id
+    hsm.destroy_key(version_id)
+    with pkcs11.lib(hsm_settings.module).get_token(token_label=hsm_settings.token_label).open(rw=True) as session:
+        template = master_key_template(version_id, hsm_label(legacy.key_id, version_id), restrict_mechanisms=False)
+        session.generate_key(KeyType.AES, 256, store=True, template=template)
+    report = runtime.services.maintenance.doctor()
+    assert version_id in report.unrestricted_objects
+    assert restricted.primary_version_id not in report.unrestricted_objects
+    assert SERVICE_KEY_ID not in report.unrestricted_objects
+    assert any(version_id in line and "CKA_ALLOWED_MECHANISMS" in line for line in report.lines())
+    assert version_id not in report.missing_objects
