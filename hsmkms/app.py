@@ -67,7 +67,10 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     store = SqliteStore(settings.database_path, settings.busy_timeout_ms)
     if hsm is None:
         hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds,
-                            lock_path=settings.data_dir / "hsm.lock")
+                            lock_path=settings.data_dir / "hsm.lock", profile=settings.hsm_profile,
+                            init_reserved=settings.init_reserved or None)
+        log.info("HSM: PKCS#11 module %s, token %r, profile %s", settings.module, settings.token_label,
+                 settings.hsm_profile.name)
     if metrics is not None:
         hsm = MeteredHsm(hsm, metrics)
     watch = StoreWatch(store)

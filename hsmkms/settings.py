@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsmkms.hsm.profiles import PROFILES, TokenProfile, profile_for
 from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
 PIN_ENV = "HSMKMS_HSM_PIN"
@@ -45,6 +46,8 @@ class Settings:
     hsm_wait_seconds: int = 10  # longest wait for the HSM before a request answers 503
     token_label: str = "hsmkms"
     pin_file: Path | None = None
+    hsm_profile_name: str = ""  # softhsm, nss or generic; "" = by the module's file name (generic if unknown)
+    init_reserved: str = ""  # C_Initialize's pReserved: NSS softoken's database ("" = NULL)
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
@@ -85,6 +88,10 @@ class Settings:
     @property
     def softhsm_conf_path(self) -> Path | None:
         return None if self.softhsm_token_dir is None else self.data_dir / "softhsm2.conf"
+
+    @property
+    def hsm_profile(self) -> TokenProfile:
+        return profile_for(self.module, self.hsm_profile_name)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -138,6 +145,8 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "token_label"): "token_label",
     ("hsm", "pin_file"): "pin_file",
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
+    ("hsm", "profile"): "hsm_profile_name",
+    ("hsm", "init_reserved"): "init_reserved",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
@@ -252,3 +261,5 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
     if len(settings.token_label.encode()) > 32:
         raise SettingsError("token_label has at most 32 bytes")
+    if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:
+        raise SettingsError(f"[hsm] profile must be one of {', '.join(PROFILES)}, not {settings.hsm_profile_name!r}")

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from hsmkms import provision
 from hsmkms.app import Runtime, build_runtime
-from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from hsmkms.hsm.pkcs11 import Pkcs11Backend, attribute_mapper
+from hsmkms.hsm.pkcs11 import native
 from hsmkms.settings import Settings
 
 
@@ -57,3 +59,13 @@ def loose_umask():
     old = os.umask(0o022)
     yield
     os.umask(old)
+
+
+@contextmanager
+def token_session(settings: Settings):
+    """A python-pkcs11 session of its own on the test token, beside the backend's: for tests that look at the
+    token directly.  The process is logged in already (the backend did it), so no PIN is given."""
+    module = native.module(settings.module, settings.init_reserved or None)
+    token = module.lib.get_token(token_label=settings.token_label)
+    with token.open(rw=True, attribute_mapper=attribute_mapper()) as session:
+        yield session

@@ -24,6 +24,11 @@ class HsmKeyMissing(HsmUnavailable):
     (restored from an old backup, or gone), so callers see it as unavailability, not as their fault."""
 
 
+class HsmConfigurationError(HsmError):
+    """The token refused what it was asked (a mechanism, a parameter, a template): hsmkms or the token is
+    configured wrongly.  Not a fault of the device: the session stays open."""
+
+
 class HsmAuthFailed(HsmError):
     """The PIN was refused (wrong, locked or expired)."""
 

@@ -22,7 +22,7 @@ import pkcs11
 import pytest
 from pkcs11 import exceptions as p11
 
-import hsmkms.hsm.pkcs11 as hsm_module
+import hsmkms.hsm.pkcs11.backend as hsm_module
 from hsmkms.api.auth import v1_signature, v1_string_to_sign
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from tests.e2e.conftest import make_sdk
@@ -110,20 +110,36 @@ class _Proxy:
         return self._target[key]
 
 
-class FaultyLibrary(_Proxy):
-    """The process's real, shared library; finalising it would break the other tests, so that is a no-op."""
+class FaultyModule:
+    """The process's real, shared module; initialising or finalising it would break the other tests, so those
+    are no-ops.  python-pkcs11's objects are wrapped, and so are hsmkms's own GCM calls."""
 
-    initialized = True
+    initialised_here = True
+
+    def __init__(self, real, faults: Faults):
+        self._real, self._faults = real, faults
+        self.lib = _Proxy(real.lib, faults)
+
+    def initialize(self) -> None:
+        pass
 
     def finalize(self) -> None:
         pass
+
+    def gcm_encrypt(self, *args):
+        self._faults.maybe_hang()
+        return self._real.gcm_encrypt(*args)
+
+    def gcm_decrypt(self, *args):
+        self._faults.maybe_hang()
+        return self._real.gcm_decrypt(*args)
 
 
 @pytest.fixture
 def faulty(hsm_settings, hsm, tmp_path, monkeypatch):
     faults = Faults()
     real = hsm_module._library(hsm_settings.module)
-    monkeypatch.setattr(hsm_module, "_library", lambda path: FaultyLibrary(real, faults))
+    monkeypatch.setattr(hsm_module, "_library", lambda path, reserved=None: FaultyModule(real, faults))
     backend = Pkcs11Backend(hsm_settings.module, hsm_settings.token_label, hsm_settings.read_pin, wait_seconds=1)
     server, stop = start_in_process(hsm_settings, backend, tmp_path, expect_errors=True)
     yield server, faults

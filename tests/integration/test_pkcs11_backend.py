@@ -14,6 +14,7 @@ from pkcs11.mechanisms import GCMParams
 
 from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from tests.conftest import token_session
 
 
 def new_key(hsm) -> str:
@@ -37,9 +38,7 @@ def test_master_key_attributes_on_the_token(hsm):
 def test_a_master_key_refuses_every_mechanism_but_gcm(hsm, hsm_settings):
     """With the PIN, AES-ECB on a master key would give GCM's hash subkey: the token itself refuses it."""
     object_id = new_key(hsm)
-    lib = pkcs11.lib(hsm_settings.module)
-    token = lib.get_token(token_label=hsm_settings.token_label)
-    with token.open() as session:
+    with token_session(hsm_settings) as session:
         key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
         for mechanism, param in [(Mechanism.AES_ECB, None), (Mechanism.AES_CBC_PAD, bytes(16))]:
             with pytest.raises(p11.MechanismInvalid):  # SoftHSM's answer; the standard allows KEY_FUNCTION_...
@@ -51,9 +50,7 @@ def test_a_master_key_refuses_every_mechanism_but_gcm(hsm, hsm_settings):
 def test_key_value_cannot_be_read(hsm, hsm_settings):
     """Independently of the backend: the token itself refuses to reveal the key value."""
     object_id = new_key(hsm)
-    lib = pkcs11.lib(hsm_settings.module)
-    token = lib.get_token(token_label=hsm_settings.token_label)
-    with token.open() as session:  # the process is logged in already; a second session shares that
+    with token_session(hsm_settings) as session:
         key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             key[Attribute.VALUE]

@@ -6,7 +6,6 @@ import sqlite3
 import stat
 import uuid
 
-import pkcs11
 import pytest
 from pkcs11 import KeyType
 
@@ -19,6 +18,7 @@ from hsmkms.service import watch as watch_module
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
 from hsmkms.store.sqlite import SqliteStore
+from tests.conftest import token_session
 
 CREATE = dict(key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
               protection_level="HSM", description="")
@@ -170,7 +170,7 @@ def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_se
     # Replace the legacy key's object by one made as hsmkms made them before: no CKA_ALLOWED_MECHANISMS.
     version_id = legacy.primary_version_id
     hsm.destroy_key(version_id)
-    with pkcs11.lib(hsm_settings.module).get_token(token_label=hsm_settings.token_label).open(rw=True) as session:
+    with token_session(hsm_settings) as session:
         template = master_key_template(version_id, hsm_label(legacy.key_id, version_id), restrict_mechanisms=False)
         session.generate_key(KeyType.AES, 256, store=True, template=template)
     report = runtime.services.maintenance.doctor()

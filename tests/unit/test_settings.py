@@ -350,3 +350,17 @@ def test_settings_repr_has_no_pin(tmp_path, monkeypatch):
     monkeypatch.setenv(PIN_ENV, PIN_VALUE)
     settings = load(None, environ={PIN_ENV: PIN_VALUE})
     assert PIN_VALUE not in repr(settings)
+
+
+def test_token_profile_follows_the_module_unless_named(tmp_path):
+    assert load(environ={}).hsm_profile.name == "softhsm"
+    nss = load(environ={"HSMKMS_HSM_MODULE": "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"})
+    assert nss.hsm_profile.name == "nss"
+    vendor = load(environ={"HSMKMS_HSM_MODULE": "/opt/safenet/lunaclient/lib/libCryptoki2_64.so"})
+    assert vendor.hsm_profile.name == "generic"
+    assert not (vendor.hsm_profile.file_lock or vendor.hsm_profile.general_error_is_tag_mismatch)
+    named = load(write(tmp_path, '[hsm]\nmodule = "/opt/x.so"\nprofile = "softhsm"\ninit_reserved = "a=b"\n'),
+                 environ={})
+    assert (named.hsm_profile.name, named.init_reserved) == ("softhsm", "a=b")
+    with pytest.raises(SettingsError, match="profile must be one of softhsm, nss, generic"):
+        load(environ={"HSMKMS_HSM_PROFILE": "luna"})

@@ -1,17 +1,21 @@
-"""The HsmBackend over a PKCS#11 module, through python-pkcs11.  The only module that imports ``pkcs11``.
+"""The HsmBackend over a PKCS#11 module: python-pkcs11 for sessions and objects, ``native`` for initialisation
+and AES-GCM.  This package is the only code that touches PKCS#11.
 
-Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
-- python-pkcs11 initialises the library with NULL arguments and releases the GIL around each call, and
-  SoftHSM then runs without its own mutexes: two threads calling at once crash it.  Every call into the
-  module therefore holds ``self._lock``; processes, not threads, give parallelism.
+Facts this code is built on (measured on SoftHSM 2.6.1 and NSS softoken 3.87, see the design notes):
+- The library is initialised with NULL arguments (or NSS's reserved string), and python-pkcs11 releases the
+  GIL around each call; SoftHSM then runs without its own mutexes: two threads calling at once crash it.
+  Every call into the module therefore holds ``self._lock``; processes, not threads, give parallelism.
 - A forked child must initialise the library itself, so the backend opens lazily and again after a fork.
 - A second login in one process fails (UserAlreadyLoggedIn): log in once, keep one session.
 - Object searches grow linearly with the token's size: handles are cached, warmed by one enumeration
   at open, and never searched for on the hot path.
 - Several processes on one SoftHSM token directory need a file lock around object creation and around a
   login, which rewrites the token's own file (see the class), and a re-initialisation to see objects another
-  process made (see ``_call``).  The soak and a CI run found these.
-- A GCM tag mismatch (wrong AAD, tampered data) surfaces as CKR_GENERAL_ERROR.
+  process made (see ``_call``).  The soak and a CI run found these.  They are the ``softhsm`` profile's.
+- A GCM tag mismatch (wrong AAD, tampered data) surfaces as CKR_GENERAL_ERROR on SoftHSM (the ``softhsm``
+  profile), as CKR_ENCRYPTED_DATA_INVALID on others.
+- A token that refuses a mechanism, a template or a parameter is configured wrongly, not failing: such errors
+  are raised as HsmConfigurationError and the session is kept.
 - python-pkcs11 has no encoding for CKA_ALLOWED_MECHANISMS (an array of CK_MECHANISM_TYPE): sessions are
   opened with an attribute mapper that packs and unpacks it.  A template it cannot pack makes python-pkcs11
   free uninitialised pointers (a crash), so the handler must be registered before any template uses it.
@@ -20,7 +24,6 @@ Facts this code is built on (measured on SoftHSM 2.6.1, see the design notes):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
@@ -32,27 +35,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
-from pkcs11.mechanisms import GCMParams
 
 from hsmkms.hsm.backend import (
     DecryptionFailed,
     HsmAuthFailed,
+    HsmConfigurationError,
     HsmError,
     HsmKeyMissing,
     HsmUnavailable,
     KeyObjectInfo,
 )
+from hsmkms.hsm.pkcs11 import native
+from hsmkms.hsm.profiles import TokenProfile, profile_for
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 LABEL_PREFIX = "hsmkms:"
-GCM_TAG_BITS = 128
 RANDOM_POOL_BYTES = 8192
 # After the token became unavailable, wait this long before the next reconnect attempt so that a dead
 # HSM costs each request one fast failure, not one slow reconnect.
@@ -60,7 +63,15 @@ RECONNECT_INTERVAL_S = 1.0
 
 _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired, p11.PinLenRange)
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
-_TAG_MISMATCH_ERRORS = (p11.GeneralError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
+_TAG_MISMATCH_ERRORS = (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, native.AeadDecryptFailed)
+# The token refuses what it was asked (a mechanism, its parameters, a template, a key for that use): the
+# configuration or the token's policy is wrong.  Retrying or reconnecting cannot help, and nothing is broken.
+CONFIGURATION_ERRORS = (
+    p11.MechanismInvalid, p11.MechanismParamInvalid, p11.TemplateInconsistent, p11.TemplateIncomplete,
+    p11.AttributeTypeInvalid, p11.AttributeValueInvalid, p11.AttributeReadOnly, p11.KeyTypeInconsistent,
+    p11.KeySizeRange, native.KeyFunctionNotPermitted, p11.FunctionNotSupported, p11.DomainParamsInvalid,
+    p11.ArgumentsBad, p11.DataLenRange, p11.DataInvalid,
+)
 _NO_LOCK = contextlib.nullcontext()
 # What a token answers when it does not know CKA_ALLOWED_MECHANISMS (PKCS#11 2.40: CKR_ATTRIBUTE_TYPE_INVALID).
 _ATTRIBUTE_REFUSED_ERRORS = (p11.AttributeTypeInvalid,)
@@ -68,21 +79,12 @@ _ATTRIBUTE_REFUSED_ERRORS = (p11.AttributeTypeInvalid,)
 MASTER_KEY_MECHANISMS = (Mechanism.AES_GCM,)
 
 
-_initialised_in: dict[str, int] = {}  # module path -> pid that initialised it
-
-
-def _library(module_path: str):
-    """The loaded module, initialised in *this* process.
-
-    A forked child inherits the parent's "initialised" library state, which is not usable there: finalise
-    it and initialise again (PKCS#11 requires a child to call C_Initialize itself).
-    """
-    lib = pkcs11.lib(module_path)
-    pid = os.getpid()
-    if _initialised_in.get(module_path, pid) != pid:
-        lib.reinitialize()
-    _initialised_in[module_path] = pid
-    return lib
+def _library(module_path: str, reserved: str | None = None) -> native.Module:
+    """The loaded module, initialised in *this* process (a forked child initialises it itself)."""
+    module = native.module(module_path, reserved)
+    if not module.initialised_here:
+        module.initialize()
+    return module
 
 
 def attribute_mapper() -> AttributeMapper:
@@ -124,33 +126,39 @@ def master_key_template(object_id: str, label: str, restrict_mechanisms: bool = 
 
 
 class Pkcs11Backend:
-    """One logged-in session per process; calls serialised by a thread lock, and coordinated across processes
-    sharing the token by a file lock (``lock_path``): shared to list or search objects, exclusive while an
-    object is created or destroyed and while logging in.  SoftHSM's file store is not safe otherwise: a
-    process that lists the token while another writes an object file can read it half-written."""
+    """One logged-in session per process; calls serialised by a thread lock.  With the ``softhsm`` profile,
+    calls are coordinated across processes sharing the token by a file lock (``lock_path``): shared to list or
+    search objects, exclusive while an object is created or destroyed and while logging in.  SoftHSM's file
+    store is not safe otherwise: a process that lists the token while another writes an object file can read
+    it half-written."""
 
     def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
-                 wait_seconds: float = 10.0, lock_path: Path | None = None):
+                 wait_seconds: float = 10.0, lock_path: Path | None = None, profile: TokenProfile | None = None,
+                 init_reserved: str | None = None):
+        self.profile = profile or profile_for(module_path)
         self._module_path = module_path
+        self._init_reserved = init_reserved  # C_Initialize's pReserved (NSS softoken: its database)
         self._token_label = token_label
         self._pin_source = pin_source  # called only when logging in; the PIN is never stored here
         # A PKCS#11 call cannot be interrupted; when one hangs (an HSM gone from the network), the others
         # give up waiting after this long instead of hanging with it.
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
-        self._lock_path = lock_path
+        self._lock_path = lock_path if self.profile.file_lock else None
+        tag_mismatch = _TAG_MISMATCH_ERRORS + ((p11.GeneralError,) if self.profile.general_error_is_tag_mismatch else ())
+        self._tag_mismatch_errors = tag_mismatch
         self._lock_file = None  # opened per process: a file lock is shared with a forked child otherwise
         self._lock_file_pid: int | None = None
         self._token_locked = False
         self._pool_lock = threading.Lock()
         self._pool, self._pool_used, self._pool_pid = b"", 0, None
         self._pid: int | None = None
-        self._lib = None
+        self._lib: native.Module | None = None
         self._session = None
         self._keys: dict[str, object] = {}
         self._last_failure = 0.0
         # Cleared when the token refuses CKA_ALLOWED_MECHANISMS in a template (it does not support it).
-        self._restrict_mechanisms = True
+        self._restrict_mechanisms = self.profile.allowed_mechanisms
 
     # --- locking -----------------------------------------------------------------------------------------
 
@@ -246,8 +254,8 @@ class Pkcs11Backend:
 
     def _login(self):
         try:
-            self._lib = _library(self._module_path)
-            token = self._lib.get_token(token_label=self._token_label)
+            self._lib = _library(self._module_path, self._init_reserved)
+            token = self._lib.lib.get_token(token_label=self._token_label)
         except p11.NoSuchToken as exc:
             raise HsmUnavailable(f"no token labelled {self._token_label!r} in {self._module_path}") from exc
         except p11.PKCS11Error as exc:
@@ -270,19 +278,18 @@ class Pkcs11Backend:
                 session.close()
             except Exception:  # the session may already be gone with the device
                 pass
-        if finalize and self._lib is not None and self._lib.initialized:
-            try:
-                self._lib.finalize()
-            except Exception:
-                pass
+        if finalize and self._lib is not None:
+            self._lib.finalize()
 
     def _call(self, operation: Callable[[object], T], missing_key_is_fault: bool = False,
               exclusive: bool = False) -> T:
         """Run ``operation(session)`` under the locks.
 
-        - An object id that cannot be found is looked for once more after a fresh C_Initialize: SoftHSM
-          2.6.1 does not always notice objects another process created (a process that writes the token
-          itself can miss the other's changes), and a re-initialisation reads the token anew.
+        - With the ``softhsm`` profile, an object id that cannot be found is looked for once more after a fresh
+          C_Initialize: SoftHSM 2.6.1 does not always notice objects another process created (a process that
+          writes the token itself can miss the other's changes), and a re-initialisation reads the token anew.
+        - A refusal (CONFIGURATION_ERRORS: a mechanism, template or parameter the token will not take) is a
+          configuration error: logged, raised as HsmConfigurationError, and the session is kept.
         - Any other PKCS#11 failure but a failed tag check is trouble with the HSM: the session is dropped
           and the library finalised.  When the failing session was an old one, the call reconnects at once
           and tries again; otherwise later calls reconnect after RECONNECT_INTERVAL_S.  That is how a token
@@ -301,12 +308,18 @@ class Pkcs11Backend:
                 except DecryptionFailed:
                     raise
                 except HsmKeyMissing as exc:
-                    if attempt == 1:
+                    if attempt == 1 and self.profile.reinitialise_to_find:
                         self._drop_session(finalize=True)
                         continue
                     if not missing_key_is_fault or session is None or self._keys:
                         raise
                     failure: Exception = exc
+                except CONFIGURATION_ERRORS as exc:
+                    log.error("the token %r refused a request (%s: %s): a configuration error, not a fault; the "
+                              "session is kept.  Run `hsmkms hsm check` to see what the token supports",
+                              self._token_label, type(exc).__name__, exc)
+                    raise HsmConfigurationError(
+                        f"the token {self._token_label!r} refused the request: {type(exc).__name__}") from exc
                 except p11.PKCS11Error as exc:
                     failure = exc
                 self._fault(type(failure).__name__)
@@ -461,19 +474,19 @@ class Pkcs11Backend:
             self._pool_used += length
             return self._pool[start:start + length]
 
+    # AES-GCM goes through hsmkms's own C_Encrypt/C_Decrypt (``native``) on every token: python-pkcs11's
+    # size query fails on NSS softoken, and the native path costs the same on SoftHSM (measured).
+
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        params = GCMParams(iv, aad, GCM_TAG_BITS)
         return self._with_key(
-            object_id, lambda key: key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params)
+            object_id, lambda key: self._lib.gcm_encrypt(self._session.handle, key.handle, iv, plaintext, aad)
         )
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
-        params = GCMParams(iv, aad, GCM_TAG_BITS)
-
         def decrypt(key):
             try:
-                return key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=params)
-            except _TAG_MISMATCH_ERRORS as exc:
+                return self._lib.gcm_decrypt(self._session.handle, key.handle, iv, sealed, aad)
+            except self._tag_mismatch_errors as exc:
                 raise DecryptionFailed() from exc
 
         return self._with_key(object_id, decrypt)
@@ -483,33 +496,26 @@ class Pkcs11Backend:
 
 
 def token_exists(module_path: str, token_label: str) -> bool:
-    lib = _library(module_path)
+    lib = _library(module_path).lib
     return any(True for _ in lib.get_tokens(token_label=token_label))
 
 
 def initialise_token(module_path: str, token_label: str, so_pin: str, user_pin: str) -> None:
     """C_InitToken on the first free slot, then C_InitPIN; the PINs travel only through memory.
 
-    python-pkcs11 does not wrap C_InitToken, so that one call goes through ctypes to the same, already
-    initialised library; everything else uses python-pkcs11.
+    python-pkcs11 does not wrap C_InitToken, so that one call goes through ``native``.
     """
-    lib = _library(module_path)
+    module = _library(module_path)
     free = [
         slot
-        for slot in lib.get_slots(token_present=True)
+        for slot in module.lib.get_slots(token_present=True)
         if not (slot.get_token().flags & TokenFlag.TOKEN_INITIALIZED)
     ]
     if not free:
         raise HsmError(f"{module_path} offers no free slot for a new token")
-    cdll = ctypes.CDLL(module_path)
-    cdll.C_InitToken.argtypes = [ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    cdll.C_InitToken.restype = ctypes.c_ulong
-    so = so_pin.encode("utf-8")
-    label = token_label.encode("utf-8")
-    if len(label) > 32:
-        raise ValueError("a token label has at most 32 bytes")
-    rv = cdll.C_InitToken(free[0].slot_id, so, len(so), label.ljust(32, b" "))
-    if rv != 0:
-        raise HsmError(f"C_InitToken failed with CKR 0x{rv:x}")
-    with lib.get_token(token_label=token_label).open(rw=True, so_pin=so_pin) as session:
+    try:
+        module.init_token(free[0].slot_id, so_pin, token_label)
+    except p11.PKCS11Error as exc:
+        raise HsmError(f"C_InitToken failed: {exc}") from None
+    with module.lib.get_token(token_label=token_label).open(rw=True, so_pin=so_pin) as session:
         session.init_pin(user_pin)
