@@ -3,6 +3,7 @@ is a configuration error that keeps the session, anything else is a fault of the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 
@@ -12,7 +13,7 @@ from pkcs11 import exceptions as p11
 from hsmkms.hsm.backend import DecryptionFailed, HsmConfigurationError, HsmUnavailable
 from hsmkms.hsm.pkcs11 import Pkcs11Backend, native
 from hsmkms.hsm.profiles import GENERIC, NSS, SOFTHSM, profile_for
-from tests import hsm_double
+from tests import hsm_double, tokens
 
 
 def test_profiles_by_module_file_name():
@@ -24,13 +25,14 @@ def test_profiles_by_module_file_name():
 
 @pytest.fixture
 def open_backend(hsm_settings, hsm, monkeypatch):
-    """A backend with the given profile over the test token, whose module answers as the test says."""
+    """A backend over the test token whose profile is the token's with ``changes``, and whose module answers as
+    the test says."""
     double = hsm_double.install(monkeypatch, hsm_settings)
     made = []
 
-    def make(profile):
-        backend = Pkcs11Backend(hsm_settings.module, hsm_settings.token_label, hsm_settings.read_pin,
-                                wait_seconds=2, profile=profile, init_reserved=hsm_settings.init_reserved or None)
+    def make(**changes):
+        backend = tokens.backend(hsm_settings, wait_seconds=2,
+                                 profile=dataclasses.replace(hsm_settings.hsm_profile, **changes))
         backend.open()
         made.append(backend)
         object_id = str(uuid.uuid4())
@@ -42,11 +44,14 @@ def open_backend(hsm_settings, hsm, monkeypatch):
         backend.close()
 
 
-@pytest.mark.parametrize("profile, expected", [(SOFTHSM, DecryptionFailed), (GENERIC, HsmUnavailable),
-                                               (NSS, HsmUnavailable)])
-def test_general_error_is_a_tag_mismatch_only_on_softhsm(open_backend, profile, expected):
+def test_general_error_is_a_tag_mismatch_only_on_softhsm():
+    assert [p.name for p in (SOFTHSM, NSS, GENERIC) if p.general_error_is_tag_mismatch] == ["softhsm"]
+
+
+@pytest.mark.parametrize("tag_mismatch, expected", [(True, DecryptionFailed), (False, HsmUnavailable)])
+def test_general_error_from_decrypt_follows_the_profile(open_backend, tag_mismatch, expected):
     make, double = open_backend
-    backend, object_id = make(profile)
+    backend, object_id = make(general_error_is_tag_mismatch=tag_mismatch)
     double.decrypt_error = p11.GeneralError()
     with pytest.raises(expected):
         backend.gcm_decrypt(object_id, bytes(12), bytes(32), b"")
@@ -55,8 +60,8 @@ def test_general_error_is_a_tag_mismatch_only_on_softhsm(open_backend, profile, 
 @pytest.mark.parametrize("error", [p11.EncryptedDataInvalid(), native.AeadDecryptFailed()])
 def test_encrypted_data_invalid_is_a_tag_mismatch_on_every_profile(open_backend, error):
     make, double = open_backend
-    for profile in (SOFTHSM, NSS, GENERIC):
-        backend, object_id = make(profile)
+    for tag_mismatch in (True, False):
+        backend, object_id = make(general_error_is_tag_mismatch=tag_mismatch)
         double.decrypt_error = error
         with pytest.raises(DecryptionFailed):
             backend.gcm_decrypt(object_id, bytes(12), bytes(32), b"")
@@ -66,7 +71,7 @@ def test_encrypted_data_invalid_is_a_tag_mismatch_on_every_profile(open_backend,
                                    p11.AttributeValueInvalid(), native.KeyFunctionNotPermitted()])
 def test_a_refusal_is_a_configuration_error_and_keeps_the_session(open_backend, error, caplog):
     make, double = open_backend
-    backend, object_id = make(GENERIC)
+    backend, object_id = make()
     session = backend._session
     double.encrypt_error = error
     with caplog.at_level(logging.ERROR, logger="hsmkms.hsm"), pytest.raises(HsmConfigurationError):
@@ -80,7 +85,7 @@ def test_a_refusal_is_a_configuration_error_and_keeps_the_session(open_backend, 
 
 def test_a_device_error_tears_the_session_down(open_backend):
     make, double = open_backend
-    backend, object_id = make(GENERIC)
+    backend, object_id = make()
     session = backend._session
     double.encrypt_error = p11.DeviceError()
     with pytest.raises(HsmUnavailable):

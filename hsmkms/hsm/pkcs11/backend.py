@@ -342,9 +342,6 @@ class Pkcs11Backend:
             try:
                 label, object_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
                 if label.startswith(LABEL_PREFIX):
-                    # python-pkcs11 reads the key type at an object's first encrypt or decrypt and keeps it;
-                    # each attribute read costs SoftHSM ~70 µs, so it is done here, not in a request.
-                    obj.key_type  # noqa: B018
                     keys[object_id.decode("ascii", "replace")] = obj
             except _STALE_HANDLE_ERRORS:
                 continue  # gone while we listed
@@ -353,13 +350,15 @@ class Pkcs11Backend:
     def _key(self, session, object_id: str):
         key = self._keys.get(object_id)
         if key is None:
-            # Made by another process since we opened: one search, then cached.
-            try:
-                with self._token_lock(exclusive=False):
-                    key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode("ascii"))
-            except p11.NoSuchKey:
-                raise HsmKeyMissing(object_id) from None
-            self._keys[object_id] = key
+            # Made by another process since we opened: one search, then cached.  The search is read to its end
+            # (C_FindObjectsFinal at once): python-pkcs11's get_key leaves it open when nothing is found, and a
+            # strict token then answers the session's next search with OperationActive.
+            with self._token_lock(exclusive=False):
+                found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
+                                                  Attribute.ID: object_id.encode("ascii")}))
+            if not found:
+                raise HsmKeyMissing(object_id)
+            key = self._keys[object_id] = found[0]
         return key
 
     def _with_key(self, object_id: str, operation: Callable[[object], T], missing_key_is_fault: bool = True,
