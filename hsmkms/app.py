@@ -31,7 +31,7 @@ from hsmkms.errors import (
 from hsmkms.hsm.backend import HsmBackend
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.metrics import MeteredHsm, Metrics
-from hsmkms.service.access_keys import AccessKeyService
+from hsmkms.service.access_keys import SERVICE_KEY_ID, AccessKeyService
 from hsmkms.service.crypto import CryptoService
 from hsmkms.service.keys import Identity, KeyService
 from hsmkms.service.maintenance import Maintenance
@@ -125,7 +125,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Applica
 
 
 def readiness(runtime: Runtime) -> tuple[bool, bytes]:
-    hsm_ok, store_ok = runtime.hsm.ping(), runtime.store.ping()
+    # The canary is the access-key service key: a real token object, restricted to GCM, that every worker uses.
+    hsm_ok, store_ok = runtime.hsm.ping(SERVICE_KEY_ID), runtime.store.ping()
     return hsm_ok and store_ok, f'{{"hsm":{str(hsm_ok).lower()},"store":{str(store_ok).lower()}}}'.encode()
 
 

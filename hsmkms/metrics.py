@@ -164,8 +164,8 @@ class MeteredHsm:
     def close(self) -> None:
         self._backend.close()
 
-    def ping(self) -> bool:
-        return self._backend.ping()
+    def ping(self, canary_id: str) -> bool:
+        return self._backend.ping(canary_id)
 
     def random(self, length: int) -> bytes:
         return self._timed("random", lambda: self._backend.random(length))

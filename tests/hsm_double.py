@@ -4,6 +4,8 @@ process; python-pkcs11's objects (``lib``) are the real ones."""
 
 from __future__ import annotations
 
+from pkcs11 import exceptions as p11
+
 import hsmkms.hsm.pkcs11.backend as backend_module
 from hsmkms.hsm.pkcs11 import native
 
@@ -16,6 +18,9 @@ class ModuleDouble:
         self.lib = real.lib
         self.encrypt_error: Exception | None = None  # raised by the next gcm_encrypt calls
         self.decrypt_error: Exception | None = None
+
+    def __getattr__(self, name):  # everything not replaced here is the real module's
+        return getattr(self.real, name)
 
     def initialize(self) -> None:
         pass
@@ -32,6 +37,22 @@ class ModuleDouble:
         if self.decrypt_error is not None:
             raise self.decrypt_error
         return self.real.gcm_decrypt(*args)
+
+
+class TokenWithoutGcm(ModuleDouble):
+    """A token that does not offer CKM_AES_GCM (as openCryptoki 3.8 or YubiHSM 2): C_GetMechanismInfo answers
+    CKR_MECHANISM_INVALID for it, and so does C_EncryptInit."""
+
+    def mechanism_info(self, slot_id, mechanism):
+        if mechanism == native.CKM_AES_GCM:
+            raise p11.MechanismInvalid("C_GetMechanismInfo answered CKR 0x70")
+        return self.real.mechanism_info(slot_id, mechanism)
+
+    def gcm_encrypt(self, *args):
+        raise p11.MechanismInvalid("C_EncryptInit answered CKR 0x70")
+
+    def gcm_decrypt(self, *args):
+        raise p11.MechanismInvalid("C_DecryptInit answered CKR 0x70")
 
 
 def install(monkeypatch, settings, double_class=ModuleDouble):

@@ -67,8 +67,8 @@ class HsmBackend(Protocol):
 
     def close(self) -> None: ...
 
-    def ping(self) -> bool:
-        """True when the token answers and the session is logged in."""
+    def ping(self, canary_id: str) -> bool:
+        """True when the token serves: a real GCM encrypt and decrypt with the key ``canary_id`` (cached briefly)."""
 
     def random(self, length: int) -> bytes:
         """``length`` bytes from the token's RNG (C_GenerateRandom)."""

@@ -26,6 +26,7 @@ import hsmkms.hsm.pkcs11.backend as hsm_module
 from hsmkms.api.auth import v1_signature, v1_string_to_sign
 from tests import tokens
 from tests.e2e.conftest import make_sdk
+from tests.hsm_double import ModuleDouble
 from tests.e2e.inprocess import start_in_process
 from tests.e2e.sdk import ApiError
 from tests.e2e.server import provision_server
@@ -110,29 +111,22 @@ class _Proxy:
         return self._target[key]
 
 
-class FaultyModule:
-    """The process's real, shared module; initialising or finalising it would break the other tests, so those
-    are no-ops.  python-pkcs11's objects are wrapped, and so are hsmkms's own GCM calls."""
-
-    initialised_here = True
+class FaultyModule(ModuleDouble):
+    """The process's real, shared module (tests/hsm_double.py): python-pkcs11's objects are wrapped, and so are
+    hsmkms's own GCM calls."""
 
     def __init__(self, real, faults: Faults):
-        self._real, self._faults = real, faults
+        super().__init__(real)
+        self._faults = faults
         self.lib = _Proxy(real.lib, faults)
-
-    def initialize(self) -> None:
-        pass
-
-    def finalize(self) -> None:
-        pass
 
     def gcm_encrypt(self, *args):
         self._faults.maybe_hang()
-        return self._real.gcm_encrypt(*args)
+        return self.real.gcm_encrypt(*args)
 
     def gcm_decrypt(self, *args):
         self._faults.maybe_hang()
-        return self._real.gcm_decrypt(*args)
+        return self.real.gcm_decrypt(*args)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,6 +61,51 @@ RANDOM_POOL_BYTES = 8192
 # After the token became unavailable, wait this long before the next reconnect attempt so that a dead
 # HSM costs each request one fast failure, not one slow reconnect.
 RECONNECT_INTERVAL_S = 1.0
+# /readyz runs a real GCM round trip; a success is reused for this long (and forgotten at a fault), a failure
+# is not reused, so that a token that is back is seen at once.
+READINESS_CACHE_S = 5.0
+CANARY_AAD = b"hsmkms:readiness-canary"
+
+CKF_ENCRYPT, CKF_DECRYPT, CKF_GENERATE = 0x100, 0x200, 0x8000
+_FLAG_NAMES = {CKF_ENCRYPT: "CKF_ENCRYPT", CKF_DECRYPT: "CKF_DECRYPT", CKF_GENERATE: "CKF_GENERATE"}
+MASTER_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A mechanism hsmkms cannot work without, what it must be able to do, and why."""
+
+    mechanism: Mechanism
+    flags: int
+    purpose: str
+
+
+REQUIREMENTS = (
+    Requirement(Mechanism.AES_KEY_GEN, CKF_GENERATE, "to generate the AES-256 master keys in the token"),
+    Requirement(Mechanism.AES_GCM, CKF_ENCRYPT | CKF_DECRYPT, "to seal and open every data key and ciphertext"),
+)
+
+
+def unmet_requirements(module: native.Module, slot_id: int) -> list[str]:
+    """What the token lacks of REQUIREMENTS (C_GetMechanismInfo), one sentence each; [] when nothing."""
+    unmet = []
+    for requirement in REQUIREMENTS:
+        name = f"CKM_{requirement.mechanism.name}"
+        try:
+            info = module.mechanism_info(slot_id, requirement.mechanism)
+        except p11.PKCS11Error as exc:
+            unmet.append(f"{name} is not offered ({type(exc).__name__}); hsmkms needs it {requirement.purpose}")
+            continue
+        missing = [flag_name for flag, flag_name in _FLAG_NAMES.items() if requirement.flags & flag and
+                   not info.flags & flag]
+        if missing:
+            unmet.append(f"{name} lacks {', '.join(missing)}; hsmkms needs it {requirement.purpose}")
+        # Sizes are in bytes for AES (PKCS#11 2.40); some modules give bits.  0/0 means "not said".
+        sizes = (MASTER_KEY_BYTES, MASTER_KEY_BYTES * 8)
+        if info.max_key_size and not any(info.min_key_size <= size <= info.max_key_size for size in sizes):
+            unmet.append(f"{name} does not take 256-bit keys (it takes {info.min_key_size}-{info.max_key_size}); "
+                         f"hsmkms needs it {requirement.purpose}")
+    return unmet
 
 _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired, p11.PinLenRange)
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
@@ -157,6 +203,9 @@ class Pkcs11Backend:
         self._session = None
         self._keys: dict[str, object] = {}
         self._last_failure = 0.0
+        self._readiness: tuple[int, float] | None = None  # (pid, when) of the last canary that succeeded
+        self._checked_in: int | None = None  # the pid that checked the token's mechanisms
+        self._slot_id: int | None = None
         # Cleared when the token refuses CKA_ALLOWED_MECHANISMS in a template (it does not support it).
         self._restrict_mechanisms = self.profile.allowed_mechanisms
 
@@ -212,20 +261,23 @@ class Pkcs11Backend:
         with self._locked():
             self._drop_session(finalize=True)
 
-    def ping(self) -> bool:
-        """The token answers: its RNG works and a known key object is still there (cheap enough for /readyz)."""
-
-        def probe(session) -> None:
-            session.generate_random(8)
-            for key in self._keys.values():
-                key[Attribute.LABEL]  # a handle SoftHSM invalidated (token gone) raises here
-                break
-
-        try:
-            self._call(probe)
+    def ping(self, canary_id: str) -> bool:
+        """The token serves hsmkms: a real AES-GCM encrypt and decrypt with the key object ``canary_id`` (random
+        bytes and IV from the token's RNG).  A success is reused for READINESS_CACHE_S, and forgotten at a fault."""
+        now = time.monotonic()
+        cached = self._readiness
+        if cached is not None and cached[0] == os.getpid() and now - cached[1] < READINESS_CACHE_S:
             return True
-        except HsmError:
-            return False
+        try:
+            drawn = self.random(len(CANARY_AAD) + 12)
+            message, iv = drawn[:-12], drawn[-12:]
+            ready = self.gcm_decrypt(canary_id, iv, self.gcm_encrypt(canary_id, iv, message, CANARY_AAD),
+                                     CANARY_AAD) == message
+        except (HsmError, DecryptionFailed) as exc:
+            log.warning("the readiness canary failed: %s: %s", type(exc).__name__, exc)
+            ready = False
+        self._readiness = (os.getpid(), now) if ready else None
+        return ready
 
     def _ensure_session(self):
         """Return the open session, opening (or re-opening after a fork or a fault) when needed.  Locked."""
@@ -243,6 +295,9 @@ class Pkcs11Backend:
             # it half-written, so a login takes the lock exclusively, like an object being written.
             with self._token_lock(exclusive=True):
                 self._session = self._login()
+            if self._checked_in != pid:
+                self._check_mechanisms()
+                self._checked_in = pid
             with self._token_lock(exclusive=False):
                 self._keys = self._enumerate_keys(self._session)
         except BaseException:
@@ -252,10 +307,20 @@ class Pkcs11Backend:
         self._last_failure = 0.0
         return self._session
 
+    def _check_mechanisms(self) -> None:
+        """Refuse a token that lacks a mechanism hsmkms needs, with what it lacks and what to do."""
+        unmet = unmet_requirements(self._lib, self._slot_id)
+        if unmet:
+            raise HsmConfigurationError(
+                f"the token {self._token_label!r} ({self._module_path}) cannot serve hsmkms: {'; '.join(unmet)}.  "
+                "Use a token or HSM partition that offers it (see the README, In front of your HSM); on a vendor "
+                "HSM, ask its administrator whether a policy turns it off.  `hsmkms hsm check` shows the details")
+
     def _login(self):
         try:
             self._lib = _library(self._module_path, self._init_reserved)
             token = self._lib.lib.get_token(token_label=self._token_label)
+            self._slot_id = token.slot.slot_id
         except p11.NoSuchToken as exc:
             raise HsmUnavailable(f"no token labelled {self._token_label!r} in {self._module_path}") from exc
         except p11.PKCS11Error as exc:
@@ -332,6 +397,7 @@ class Pkcs11Backend:
         log.error("HSM fault (%s): closing the session; reconnecting", what)
         self._drop_session(finalize=True)
         self._last_failure = time.monotonic()
+        self._readiness = None
 
     # --- key objects -------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from dataclasses import dataclass
 
 from pkcs11 import _pkcs11
 from pkcs11 import exceptions as p11
@@ -72,17 +73,29 @@ class _GcmParams(ctypes.Structure):
                 ("pAAD", ctypes.c_char_p), ("ulAADLen", CK_ULONG), ("ulTagBits", CK_ULONG)]
 
 
+class _MechanismInfo(ctypes.Structure):
+    _fields_ = [("ulMinKeySize", CK_ULONG), ("ulMaxKeySize", CK_ULONG), ("flags", CK_ULONG)]
+
+
 _GCM_PARAMS_SIZE = ctypes.sizeof(_GcmParams)
 
 _PROTOTYPES = {
     "Initialize": (ctypes.c_void_p,),
     "Finalize": (ctypes.c_void_p,),
     "InitToken": (CK_ULONG, ctypes.c_char_p, CK_ULONG, ctypes.c_char_p),
+    "GetMechanismInfo": (CK_ULONG, CK_ULONG, ctypes.POINTER(_MechanismInfo)),
     "EncryptInit": (CK_ULONG, ctypes.POINTER(_Mechanism), CK_ULONG),
     "Encrypt": (CK_ULONG, ctypes.c_char_p, CK_ULONG, ctypes.c_char_p, _P_ULONG),
     "DecryptInit": (CK_ULONG, ctypes.POINTER(_Mechanism), CK_ULONG),
     "Decrypt": (CK_ULONG, ctypes.c_char_p, CK_ULONG, ctypes.c_char_p, _P_ULONG),
 }
+
+
+@dataclass(frozen=True)
+class MechanismInfo:
+    min_key_size: int
+    max_key_size: int
+    flags: int
 
 
 class KeyFunctionNotPermitted(p11.PKCS11Error):
@@ -211,6 +224,14 @@ class Module:
         if rv:
             check(rv, name)
         return ctypes.string_at(output, length.value)
+
+    # --- what a token offers -----------------------------------------------------------------------------
+
+    def mechanism_info(self, slot_id: int, mechanism: int) -> MechanismInfo:
+        """C_GetMechanismInfo (MechanismInvalid when the token does not offer the mechanism)."""
+        info = _MechanismInfo()  # zeroed: a module that leaves a field unset leaves it 0
+        check(self._f["GetMechanismInfo"](slot_id, mechanism, ctypes.byref(info)), "C_GetMechanismInfo")
+        return MechanismInfo(info.ulMinKeySize, info.ulMaxKeySize, info.flags)
 
     # --- token initialisation ----------------------------------------------------------------------------
 
