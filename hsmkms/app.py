@@ -68,9 +68,9 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     if hsm is None:
         hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds,
                             lock_path=settings.data_dir / "hsm.lock", profile=settings.hsm_profile,
-                            init_reserved=settings.init_reserved or None)
-        log.info("HSM: PKCS#11 module %s, token %r, profile %s", settings.module, settings.token_label,
-                 settings.hsm_profile.name)
+                            init_reserved=settings.init_reserved or None, deployment=settings.deployment)
+        log.info("HSM: PKCS#11 module %s, token %r, profile %s, deployment %r", settings.module,
+                 settings.token_label, settings.hsm_profile.name, settings.deployment or "(default)")
     if metrics is not None:
         hsm = MeteredHsm(hsm, metrics)
     watch = StoreWatch(store)

@@ -182,6 +182,9 @@ class MeteredHsm:
     def list_key_ids(self) -> dict[str, str]:
         return self._backend.list_key_ids()
 
+    def foreign_objects(self) -> list[str]:
+        return self._backend.foreign_objects()
+
     def key_info(self, object_id: str) -> KeyObjectInfo:
         return self._backend.key_info(object_id)
 

@@ -17,6 +17,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsmkms.hsm.namespace import DEPLOYMENT_NAME
 from hsmkms.hsm.profiles import PROFILES, TokenProfile, profile_for
 from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
@@ -48,6 +49,7 @@ class Settings:
     pin_file: Path | None = None
     hsm_profile_name: str = ""  # softhsm, nss or generic; "" = by the module's file name (generic if unknown)
     init_reserved: str = ""  # C_Initialize's pReserved: NSS softoken's database ("" = NULL)
+    deployment: str = ""  # names this deployment's objects on a shared token; "" = the default deployment
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
@@ -147,6 +149,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
     ("hsm", "profile"): "hsm_profile_name",
     ("hsm", "init_reserved"): "init_reserved",
+    ("hsm", "deployment"): "deployment",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
@@ -261,5 +264,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
     if len(settings.token_label.encode()) > 32:
         raise SettingsError("token_label has at most 32 bytes")
+    if settings.deployment and not DEPLOYMENT_NAME.match(settings.deployment):
+        raise SettingsError("[hsm] deployment is 1-32 lowercase letters, digits, '-' or '_', starting with a letter "
+                            f"or digit, not {settings.deployment!r}")
     if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:
         raise SettingsError(f"[hsm] profile must be one of {', '.join(PROFILES)}, not {settings.hsm_profile_name!r}")

@@ -114,6 +114,11 @@ def token_session(settings: Settings):
     """A python-pkcs11 session of its own on the test token, beside the backend's: for tests that look at the
     token directly.  The process is logged in already (the backend did it), so no PIN is given."""
     module = native.module(settings.module, settings.init_reserved or None)
-    token = module.lib.get_token(token_label=settings.token_label)
-    with token.open(rw=True, attribute_mapper=attribute_mapper()) as session:
-        yield session
+    user = object()
+    module.acquire(user)
+    try:
+        token = module.lib.get_token(token_label=settings.token_label)
+        with token.open(rw=True, attribute_mapper=attribute_mapper()) as session:
+            yield session
+    finally:
+        module.release(user)

@@ -25,6 +25,12 @@ class ModuleDouble:
     def initialize(self) -> None:
         pass
 
+    def acquire(self, user) -> None:
+        pass
+
+    def release(self, user) -> None:
+        pass
+
     def finalize(self) -> None:
         pass
 

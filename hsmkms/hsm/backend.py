@@ -81,7 +81,10 @@ class HsmBackend(Protocol):
     def has_key(self, object_id: str) -> bool: ...
 
     def list_key_ids(self) -> dict[str, str]:
-        """Every hsmkms-made key object in the token: object id -> label."""
+        """Every key object of this deployment in the token: object id -> label (as given at creation)."""
+
+    def foreign_objects(self) -> list[str]:
+        """Token labels of hsmkms objects of other deployments, as of the last list_key_ids."""
 
     def key_info(self, object_id: str) -> KeyObjectInfo: ...
 

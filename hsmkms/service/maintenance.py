@@ -31,6 +31,8 @@ class DoctorReport:
     # Advice, not an inconsistency: objects usable with any mechanism (made before hsmkms restricted them to
     # AES-GCM; CKA_ALLOWED_MECHANISMS cannot be added to an existing object).  None: the token has no such attribute.
     unrestricted_objects: list[str] | None = field(default_factory=list)
+    # Also advice: hsmkms objects of other deployments sharing the token; never touched.
+    foreign_objects: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -54,6 +56,8 @@ class DoctorReport:
             out += [f"note: HSM object {v} lacks CKA_ALLOWED_MECHANISMS = {{CKM_AES_GCM}} (made before hsmkms set "
                     f"it; rotate its key so that new data is sealed by a restricted version)"
                     for v in self.unrestricted_objects]
+        out += [f"note: HSM object {label!r} belongs to another deployment on this token (left alone)"
+                for label in self.foreign_objects]
         out += [f"repaired: {item}" for item in self.repaired]
         return out
 
@@ -126,7 +130,9 @@ class Maintenance:
         back stale journalled creations.  An object a live version names is never destroyed.
         """
         report = DoctorReport()
+        # Only this deployment's objects: another deployment's on a shared token are reported, never destroyed.
         objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
+        report.foreign_objects = self.hsm.foreign_objects()
         versions = self.store.all_versions()
         pending = {p.object_id: p for p in self.store.pending_objects()}
         report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)

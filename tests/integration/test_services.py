@@ -177,7 +177,8 @@ def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_se
     version_id = legacy.primary_version_id
     hsm.destroy_key(version_id)
     with token_session(hsm_settings) as session:
-        template = master_key_template(version_id, hsm_label(legacy.key_id, version_id), restrict_mechanisms=False)
+        template = master_key_template(version_id.encode(), hsm_label(legacy.key_id, version_id),
+                                       restrict_mechanisms=False)
         session.generate_key(KeyType.AES, 256, store=True, template=template)
     report = runtime.services.maintenance.doctor()
     assert version_id in report.unrestricted_objects

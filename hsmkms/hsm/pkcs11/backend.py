@@ -49,6 +49,7 @@ from hsmkms.hsm.backend import (
     HsmUnavailable,
     KeyObjectInfo,
 )
+from hsmkms.hsm.namespace import Namespace
 from hsmkms.hsm.pkcs11 import native
 from hsmkms.hsm.profiles import TokenProfile, profile_for
 
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-LABEL_PREFIX = "hsmkms:"
 RANDOM_POOL_BYTES = 8192
 # After the token became unavailable, wait this long before the next reconnect attempt so that a dead
 # HSM costs each request one fast failure, not one slow reconnect.
@@ -126,11 +126,8 @@ MASTER_KEY_MECHANISMS = (Mechanism.AES_GCM,)
 
 
 def _library(module_path: str, reserved: str | None = None) -> native.Module:
-    """The loaded module, initialised in *this* process (a forked child initialises it itself)."""
-    module = native.module(module_path, reserved)
-    if not module.initialised_here:
-        module.initialize()
-    return module
+    """The process's module for ``module_path`` (tests replace it with a double)."""
+    return native.module(module_path, reserved)
 
 
 def attribute_mapper() -> AttributeMapper:
@@ -144,7 +141,7 @@ def attribute_mapper() -> AttributeMapper:
     return mapper
 
 
-def master_key_template(object_id: str, label: str, restrict_mechanisms: bool = True) -> dict:
+def master_key_template(cka_id: bytes, label: str, restrict_mechanisms: bool = True) -> dict:
     """What a master key is: a token object that can only encrypt and decrypt with AES-GCM, and never leaves.
 
     ``restrict_mechanisms``: also say CKA_ALLOWED_MECHANISMS = {CKM_AES_GCM}, so that even a holder of the PIN
@@ -163,7 +160,7 @@ def master_key_template(object_id: str, label: str, restrict_mechanisms: bool = 
         Attribute.SIGN: False,
         Attribute.VERIFY: False,
         Attribute.DERIVE: False,
-        Attribute.ID: object_id.encode("ascii"),
+        Attribute.ID: cka_id,
         Attribute.LABEL: label,
     }
     if restrict_mechanisms:
@@ -180,8 +177,9 @@ class Pkcs11Backend:
 
     def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
                  wait_seconds: float = 10.0, lock_path: Path | None = None, profile: TokenProfile | None = None,
-                 init_reserved: str | None = None):
+                 init_reserved: str | None = None, deployment: str = ""):
         self.profile = profile or profile_for(module_path)
+        self.namespace = Namespace(deployment)  # which of the token's objects are this deployment's
         self._module_path = module_path
         self._init_reserved = init_reserved  # C_Initialize's pReserved (NSS softoken: its database)
         self._token_label = token_label
@@ -201,7 +199,9 @@ class Pkcs11Backend:
         self._pid: int | None = None
         self._lib: native.Module | None = None
         self._session = None
-        self._keys: dict[str, object] = {}
+        self._keys: dict[str, object] = {}  # object id -> python-pkcs11 key (this deployment's, as listed)
+        self._labels: dict[str, str] = {}  # object id -> label as the service knows it
+        self._foreign: list[str] = []  # labels of hsmkms objects of other deployments, as listed
         self._last_failure = 0.0
         self._readiness: tuple[int, float] | None = None  # (pid, when) of the last canary that succeeded
         self._checked_in: int | None = None  # the pid that checked the token's mechanisms
@@ -299,7 +299,7 @@ class Pkcs11Backend:
                 self._check_mechanisms()
                 self._checked_in = pid
             with self._token_lock(exclusive=False):
-                self._keys = self._enumerate_keys(self._session)
+                self._enumerate_keys(self._session)
         except BaseException:
             self._drop_session(finalize=True)  # a later attempt starts from a fresh C_Initialize
             self._last_failure = now
@@ -319,6 +319,7 @@ class Pkcs11Backend:
     def _login(self):
         try:
             self._lib = _library(self._module_path, self._init_reserved)
+            self._lib.acquire(self)  # initialised in this process (a forked child initialises it itself)
             token = self._lib.lib.get_token(token_label=self._token_label)
             self._slot_id = token.slot.slot_id
         except p11.NoSuchToken as exc:
@@ -344,7 +345,7 @@ class Pkcs11Backend:
             except Exception:  # the session may already be gone with the device
                 pass
         if finalize and self._lib is not None:
-            self._lib.finalize()
+            self._lib.release(self)
 
     def _call(self, operation: Callable[[object], T], missing_key_is_fault: bool = False,
               exclusive: bool = False) -> T:
@@ -401,17 +402,20 @@ class Pkcs11Backend:
 
     # --- key objects -------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _enumerate_keys(session) -> dict[str, object]:
-        keys = {}
+    def _enumerate_keys(self, session) -> None:
+        """List the token's secret keys: this deployment's into the handle cache, other deployments' aside."""
+        keys, labels, foreign = {}, {}, []
         for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
             try:
-                label, object_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
-                if label.startswith(LABEL_PREFIX):
-                    keys[object_id.decode("ascii", "replace")] = obj
+                label, cka_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
             except _STALE_HANDLE_ERRORS:
                 continue  # gone while we listed
-        return keys
+            owned = self.namespace.owned(label, cka_id)
+            if owned is not None:
+                keys[owned[0]], labels[owned[0]] = obj, owned[1]
+            elif self.namespace.is_hsmkms(label):
+                foreign.append(label)
+        self._keys, self._labels, self._foreign = keys, labels, sorted(foreign)
 
     def _key(self, session, object_id: str):
         key = self._keys.get(object_id)
@@ -421,7 +425,7 @@ class Pkcs11Backend:
             # strict token then answers the session's next search with OperationActive.
             with self._token_lock(exclusive=False):
                 found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                                  Attribute.ID: object_id.encode("ascii")}))
+                                                  Attribute.ID: self.namespace.cka_id(object_id)}))
             if not found:
                 raise HsmKeyMissing(object_id)
             key = self._keys[object_id] = found[0]
@@ -442,12 +446,11 @@ class Pkcs11Backend:
         return self._call(run, missing_key_is_fault=missing_key_is_fault, exclusive=exclusive)
 
     def create_aes_key(self, object_id: str, label: str) -> None:
-        if not label.startswith(LABEL_PREFIX):
-            raise ValueError(f"labels of hsmkms objects start with {LABEL_PREFIX!r}")
+        cka_id, cka_label = self.namespace.cka_id(object_id), self.namespace.cka_label(label)
 
         def generate(session):
             def make(restrict: bool):
-                template = master_key_template(object_id, label, restrict_mechanisms=restrict)
+                template = master_key_template(cka_id, cka_label, restrict_mechanisms=restrict)
                 return session.generate_key(KeyType.AES, 256, store=True, template=template)
 
             try:
@@ -459,7 +462,7 @@ class Pkcs11Backend:
                             "it, so a holder of the PIN can use them with other mechanisms", type(exc).__name__)
                 self._restrict_mechanisms = False
                 key = make(False)
-            self._keys[object_id] = key
+            self._keys[object_id], self._labels[object_id] = key, label
 
         self._call(generate, exclusive=True)
 
@@ -467,6 +470,7 @@ class Pkcs11Backend:
         def destroy(key) -> None:
             key.destroy()
             self._keys.pop(object_id, None)
+            self._labels.pop(object_id, None)
 
         try:
             self._with_key(object_id, destroy, missing_key_is_fault=False, exclusive=True)
@@ -483,17 +487,22 @@ class Pkcs11Backend:
     def list_key_ids(self) -> dict[str, str]:
         def enumerate_all(session):
             with self._token_lock(exclusive=False):
-                self._keys = self._enumerate_keys(session)
-            return {object_id: key[Attribute.LABEL] for object_id, key in self._keys.items()}
+                self._enumerate_keys(session)
+            return dict(self._labels)
 
         return self._call(enumerate_all)
+
+    def foreign_objects(self) -> list[str]:
+        """Labels of hsmkms objects of other deployments on the token (as of the last listing: call
+        list_key_ids first for a fresh one)."""
+        return list(self._foreign)
 
     def key_info(self, object_id: str) -> KeyObjectInfo:
         def read(key) -> KeyObjectInfo:
             a = Attribute
             return KeyObjectInfo(
                 object_id=object_id,
-                label=key[a.LABEL],
+                label=key[a.LABEL],  # as on the token
                 token=key[a.TOKEN],
                 private=key[a.PRIVATE],
                 sensitive=key[a.SENSITIVE],
@@ -561,8 +570,10 @@ class Pkcs11Backend:
 
 
 def token_exists(module_path: str, token_label: str) -> bool:
-    lib = _library(module_path).lib
-    return any(True for _ in lib.get_tokens(token_label=token_label))
+    module = _library(module_path)
+    if not module.initialised_here:
+        module.initialize()
+    return any(True for _ in module.lib.get_tokens(token_label=token_label))
 
 
 def initialise_token(module_path: str, token_label: str, so_pin: str, user_pin: str) -> None:
@@ -571,6 +582,8 @@ def initialise_token(module_path: str, token_label: str, so_pin: str, user_pin: 
     python-pkcs11 does not wrap C_InitToken, so that one call goes through ``native``.
     """
     module = _library(module_path)
+    if not module.initialised_here:
+        module.initialize()
     free = [
         slot
         for slot in module.lib.get_slots(token_present=True)

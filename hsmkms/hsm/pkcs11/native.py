@@ -156,6 +156,7 @@ class Module:
         self._decrypt_init, self._decrypt = self._f["DecryptInit"], self._f["Decrypt"]
         self.lib = _pkcs11.lib.__new__(_pkcs11.lib, path)
         self.initialised_in: int | None = None  # the pid whose C_Initialize succeeded
+        self._users: set[int] = set()  # ids of the backends of this process that use the module
 
     # --- initialisation ----------------------------------------------------------------------------------
 
@@ -182,6 +183,21 @@ class Module:
     @property
     def initialised_here(self) -> bool:
         return self.initialised_in == os.getpid()
+
+    def acquire(self, user: object) -> None:
+        """Initialise the module in this process unless it is already, and count ``user`` as using it."""
+        if not self.initialised_here:
+            self.initialize()
+            self._users = set()  # a forked child's copy named its parent's users
+        self._users.add(id(user))
+
+    def release(self, user: object) -> None:
+        """``user`` is done with the module: finalise it when no other user in this process still has it open.
+        (Finalising under another user would invalidate its handles, and a module reuses handle numbers, so a
+        stale session or key handle could come to name another one.)"""
+        self._users.discard(id(user))
+        if not self._users:
+            self.finalize()
 
     def finalize(self) -> None:
         """C_Finalize, when this process initialised the module; its answer is ignored (the device may be gone)."""
