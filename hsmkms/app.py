@@ -68,7 +68,8 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     if hsm is None:
         hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds,
                             lock_path=settings.data_dir / "hsm.lock", profile=settings.hsm_profile,
-                            init_reserved=settings.init_reserved or None, deployment=settings.deployment)
+                            init_reserved=settings.init_reserved or None, deployment=settings.deployment,
+                            gcm_iv=settings.gcm_iv)
         log.info("HSM: PKCS#11 module %s, token %r, profile %s, deployment %r", settings.module,
                  settings.token_label, settings.hsm_profile.name, settings.deployment or "(default)")
     if metrics is not None:
@@ -78,9 +79,9 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     keys = KeyService(store, hsm, identity, watch, clock)
     services = Services(
         keys=keys,
-        crypto=CryptoService(keys, hsm),
+        crypto=CryptoService(keys, hsm, token_iv=settings.gcm_iv == "token"),
         tags=TagService(keys),
-        access_keys=AccessKeyService(store, hsm, watch, clock),
+        access_keys=AccessKeyService(store, hsm, watch, clock, token_iv=settings.gcm_iv == "token"),
         maintenance=Maintenance(keys),
         identity=identity,
     )

@@ -194,5 +194,8 @@ class MeteredHsm:
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._timed("encrypt", lambda: self._backend.gcm_encrypt(object_id, iv, plaintext, aad))
 
+    def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        return self._timed("encrypt", lambda: self._backend.gcm_encrypt_token_iv(object_id, plaintext, aad))
+
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         return self._timed("decrypt", lambda: self._backend.gcm_decrypt(object_id, iv, sealed, aad))

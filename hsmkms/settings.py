@@ -50,6 +50,7 @@ class Settings:
     hsm_profile_name: str = ""  # softhsm, nss or generic; "" = by the module's file name (generic if unknown)
     init_reserved: str = ""  # C_Initialize's pReserved: NSS softoken's database ("" = NULL)
     deployment: str = ""  # names this deployment's objects on a shared token; "" = the default deployment
+    gcm_iv: str = "host"  # who makes GCM IVs: "host" (the token's RNG, blob format 1) or "token" (format 2)
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
@@ -150,6 +151,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "profile"): "hsm_profile_name",
     ("hsm", "init_reserved"): "init_reserved",
     ("hsm", "deployment"): "deployment",
+    ("hsm", "gcm_iv"): "gcm_iv",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
@@ -267,5 +269,7 @@ def _validate(settings: Settings) -> None:
     if settings.deployment and not DEPLOYMENT_NAME.match(settings.deployment):
         raise SettingsError("[hsm] deployment is 1-32 lowercase letters, digits, '-' or '_', starting with a letter "
                             f"or digit, not {settings.deployment!r}")
+    if settings.gcm_iv not in ("host", "token"):
+        raise SettingsError(f'[hsm] gcm_iv must be "host" or "token", not {settings.gcm_iv!r}')
     if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:
         raise SettingsError(f"[hsm] profile must be one of {', '.join(PROFILES)}, not {settings.hsm_profile_name!r}")

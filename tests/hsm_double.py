@@ -4,6 +4,9 @@ process; python-pkcs11's objects (``lib``) are the real ones."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+
 from pkcs11 import exceptions as p11
 
 import hsmkms.hsm.pkcs11.backend as backend_module
@@ -66,3 +69,79 @@ def install(monkeypatch, settings, double_class=ModuleDouble):
     double = double_class(backend_module._library(settings.module, settings.init_reserved or None))
     monkeypatch.setattr(backend_module, "_library", lambda path, reserved=None: double)
     return double
+
+
+class _GcmParamsRaw(ctypes.Structure):
+    """CK_GCM_PARAMS as a module sees it: pIv as an address it may write to."""
+
+    _fields_ = [("pIv", ctypes.c_void_p), ("ulIvLen", native.CK_ULONG), ("ulIvBits", native.CK_ULONG),
+                ("pAAD", ctypes.c_void_p), ("ulAADLen", native.CK_ULONG), ("ulTagBits", native.CK_ULONG)]
+
+
+CKR_MECHANISM_PARAM_INVALID = 0x71
+
+
+class TokenMakingIvs(ModuleDouble):
+    """A token that makes every GCM IV itself and refuses one from the caller, as vendors document, in place
+    of the module's C_EncryptInit and C_Encrypt (called through ctypes like the real functions):
+
+    - ``cloudhsm`` (AWS CloudHSM, PKCS#11 library): pIv must be a 12-byte buffer, which the token fills with the
+      IV it made; an IV already in it is refused (CKR_MECHANISM_PARAM_INVALID).
+    - ``luna`` (Thales Luna 7 in FIPS mode): no IV may be given (ulIvLen 0, ulIvBits 96 makes a 96-bit IV; any
+      other is CKR_MECHANISM_PARAM_INVALID); the IV follows ciphertext and tag in C_Encrypt's output, which
+      must have room for it (else CKR_BUFFER_TOO_SMALL with the length needed, the operation kept).
+
+    The cryptography is the real token's, with the IV the double made.  Decryption is the real token's.
+    """
+
+    def __init__(self, real: native.Module, vendor: str):
+        super().__init__(real)
+        self.vendor = vendor
+        self.ivs_made: list[bytes] = []
+        self._pending: dict[int, bytes] = {}  # session -> IV of the operation under way
+        # C functions in place of the module's: hsmkms's own code (native.Module) calls them through ctypes.
+        init_type = ctypes.CFUNCTYPE(native.CK_RV, native.CK_ULONG, ctypes.POINTER(native._Mechanism),
+                                     native.CK_ULONG)
+        encrypt_type = ctypes.CFUNCTYPE(native.CK_RV, native.CK_ULONG, ctypes.c_void_p, native.CK_ULONG,
+                                        ctypes.c_void_p, ctypes.POINTER(native.CK_ULONG))
+        self._encrypt_init = init_type(self._c_encrypt_init)
+        self._encrypt = encrypt_type(self._c_encrypt)
+
+    def gcm_encrypt(self, session, key, iv, plaintext, aad):
+        return native.Module.gcm_encrypt(self, session, key, iv, plaintext, aad)  # a caller's IV: refused
+
+    def gcm_encrypt_token_iv(self, session, key, plaintext, aad, style):
+        return native.Module.gcm_encrypt_token_iv(self, session, key, plaintext, aad, style)
+
+    def _c_encrypt_init(self, session, mechanism, key):
+        params = ctypes.cast(mechanism.contents.pParameter, ctypes.POINTER(_GcmParamsRaw)).contents
+        if self.vendor == "cloudhsm":
+            if params.ulIvLen != 12 or not params.pIv or any(ctypes.string_at(params.pIv, 12)):
+                return CKR_MECHANISM_PARAM_INVALID
+        elif params.ulIvLen != 0 or params.ulIvBits != 96:
+            return CKR_MECHANISM_PARAM_INVALID
+        iv = os.urandom(12)
+        if self.vendor == "cloudhsm":
+            ctypes.memmove(params.pIv, iv, 12)
+        aad = ctypes.string_at(params.pAAD, params.ulAADLen) if params.ulAADLen else b""
+        try:
+            native.Module._init(self.real._encrypt_init, session, key, iv, aad, "C_EncryptInit")
+        except p11.PKCS11Error:
+            return 0x5
+        self._pending[session] = iv
+        self.ivs_made.append(iv)
+        return 0
+
+    def _c_encrypt(self, session, data, data_len, output, output_len):
+        iv = self._pending[session]
+        needed = data_len + 16 + (len(iv) if self.vendor == "luna" else 0)
+        if output_len.contents.value < needed:
+            output_len.contents.value = needed
+            return native.CKR_BUFFER_TOO_SMALL
+        sealed = native.Module._run(self.real._encrypt, session, ctypes.string_at(data, data_len), data_len + 16,
+                                    "C_Encrypt")
+        result = sealed + (iv if self.vendor == "luna" else b"")
+        ctypes.memmove(output, result, len(result))
+        output_len.contents.value = len(result)
+        del self._pending[session]
+        return 0

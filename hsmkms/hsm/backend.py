@@ -94,5 +94,8 @@ class HsmBackend(Protocol):
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-GCM inside the token; returns ciphertext || 16-byte tag."""
 
+    def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-GCM inside the token with an IV the token makes; returns (IV, ciphertext || 16-byte tag)."""
+
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         """Inverse of gcm_encrypt; raises DecryptionFailed when the tag does not verify."""

@@ -177,8 +177,10 @@ class Pkcs11Backend:
 
     def __init__(self, module_path: str, token_label: str, pin_source: Callable[[], str],
                  wait_seconds: float = 10.0, lock_path: Path | None = None, profile: TokenProfile | None = None,
-                 init_reserved: str | None = None, deployment: str = ""):
+                 init_reserved: str | None = None, deployment: str = "", gcm_iv: str = "host"):
         self.profile = profile or profile_for(module_path)
+        self.token_makes_iv = gcm_iv == "token"  # [hsm] gcm_iv: who makes GCM IVs (the readiness canary's too)
+        self._token_iv_style: str | None = None  # how the token hands its IV back, once known
         self.namespace = Namespace(deployment)  # which of the token's objects are this deployment's
         self._module_path = module_path
         self._init_reserved = init_reserved  # C_Initialize's pReserved (NSS softoken: its database)
@@ -271,8 +273,11 @@ class Pkcs11Backend:
         try:
             drawn = self.random(len(CANARY_AAD) + 12)
             message, iv = drawn[:-12], drawn[-12:]
-            ready = self.gcm_decrypt(canary_id, iv, self.gcm_encrypt(canary_id, iv, message, CANARY_AAD),
-                                     CANARY_AAD) == message
+            if self.token_makes_iv:
+                iv, sealed = self.gcm_encrypt_token_iv(canary_id, message, CANARY_AAD)
+            else:
+                sealed = self.gcm_encrypt(canary_id, iv, message, CANARY_AAD)
+            ready = self.gcm_decrypt(canary_id, iv, sealed, CANARY_AAD) == message
         except (HsmError, DecryptionFailed) as exc:
             log.warning("the readiness canary failed: %s: %s", type(exc).__name__, exc)
             ready = False
@@ -555,6 +560,32 @@ class Pkcs11Backend:
         return self._with_key(
             object_id, lambda key: self._lib.gcm_encrypt(self._session.handle, key.handle, iv, plaintext, aad)
         )
+
+    def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-GCM where the token makes the IV ([hsm] gcm_iv = "token"); returns (IV, ciphertext || tag).
+
+        How the token hands its IV back is found at the first call (native.TOKEN_IV_STYLES, in order: a token
+        that wants no IV refuses the zeroed pIv of the first style) and kept.  A token that makes no IV (it
+        took the zeroed pIv as the caller's, as SoftHSM and NSS do) is refused, its output thrown away: a
+        fixed IV would repeat under one key."""
+
+        def encrypt(key):
+            styles = (self._token_iv_style,) if self._token_iv_style else native.TOKEN_IV_STYLES
+            for style in styles:
+                try:
+                    iv, sealed = self._lib.gcm_encrypt_token_iv(self._session.handle, key.handle, plaintext, aad,
+                                                                style)
+                except (p11.MechanismParamInvalid, p11.ArgumentsBad):
+                    continue  # not this token's way
+                if iv:
+                    self._token_iv_style = style
+                    return iv, sealed
+            message = (f'[hsm] gcm_iv = "token", but the token {self._token_label!r} makes no GCM IV (it used the '
+                       'IV it was given, or refused to make one).  Set [hsm] gcm_iv = "host" for this token')
+            log.error("%s", message)
+            raise HsmConfigurationError(message)
+
+        return self._with_key(object_id, encrypt)
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         def decrypt(key):

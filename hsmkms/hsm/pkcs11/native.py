@@ -35,6 +35,13 @@ CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 CKF_OS_LOCKING_OK = 0x2
 CKM_AES_GCM = 0x1087
 GCM_TAG_BYTES = 16
+# When the token makes the GCM IV ([hsm] gcm_iv = "token"), vendors hand it back in one of two ways:
+TOKEN_IV_WRITTEN = "written"  # AWS CloudHSM: the token writes the IV it made into pIv (a 12-byte buffer)
+TOKEN_IV_APPENDED = "appended"  # Thales Luna in FIPS mode: no IV is given (ulIvLen 0, ulIvBits 96), and the
+#                                 token appends its IV (12 bytes, or 16 before firmware 7.9.3) to ciphertext || tag
+TOKEN_IV_STYLES = (TOKEN_IV_WRITTEN, TOKEN_IV_APPENDED)
+TOKEN_IV_BYTES = 12
+TOKEN_IV_LENGTHS = (12, 16)
 
 # The PKCS#11 2.40 function list, in its order (the version field comes first).
 _FUNCTIONS = """
@@ -216,6 +223,29 @@ class Module:
         """C_DecryptInit + C_Decrypt with CKM_AES_GCM and a 128-bit tag; returns the plaintext."""
         self._init(self._decrypt_init, session, key, iv, aad, "C_DecryptInit")
         return self._run(self._decrypt, session, sealed, len(sealed), "C_Decrypt")
+
+    def gcm_encrypt_token_iv(self, session: int, key: int, plaintext: bytes, aad: bytes,
+                             style: str) -> tuple[bytes, bytes]:
+        """C_EncryptInit + C_Encrypt with CKM_AES_GCM where the token makes the IV, handed back in ``style``
+        (TOKEN_IV_STYLES).  Returns (the IV, ciphertext || tag); the IV is b"" when the token made none (it took
+        the zeroed pIv as the caller's IV, or appended nothing): the caller must then refuse the output."""
+        iv_buffer = ctypes.create_string_buffer(TOKEN_IV_BYTES)  # zeroed; the written style's token fills it
+        if style == TOKEN_IV_WRITTEN:
+            params = _GcmParams(ctypes.cast(iv_buffer, ctypes.c_char_p), TOKEN_IV_BYTES, TOKEN_IV_BYTES * 8, aad,
+                                len(aad), GCM_TAG_BYTES * 8)
+            room = 0
+        else:
+            params = _GcmParams(None, 0, TOKEN_IV_BYTES * 8, aad, len(aad), GCM_TAG_BYTES * 8)
+            room = max(TOKEN_IV_LENGTHS)
+        mechanism = _Mechanism(CKM_AES_GCM, ctypes.addressof(params), _GCM_PARAMS_SIZE)
+        check(self._encrypt_init(session, ctypes.byref(mechanism), key), "C_EncryptInit")
+        sealed_len = len(plaintext) + GCM_TAG_BYTES
+        output = self._run(self._encrypt, session, plaintext, sealed_len + room, "C_Encrypt")  # params live on
+        if style == TOKEN_IV_WRITTEN:
+            iv = iv_buffer.raw if any(iv_buffer.raw) and len(output) == sealed_len else b""
+        else:
+            iv = output[sealed_len:] if len(output) - sealed_len in TOKEN_IV_LENGTHS else b""
+        return iv, output[:sealed_len]
 
     @staticmethod
     def _init(function, session: int, key: int, iv: bytes, aad: bytes, name: str) -> None:
