@@ -64,6 +64,8 @@ RECONNECT_INTERVAL_S = 1.0
 # /readyz runs a real GCM round trip; a success is reused for this long (and forgotten at a fault), a failure
 # is not reused, so that a token that is back is seen at once.
 READINESS_CACHE_S = 5.0
+# At a process's first start, how long a token missing from the slot list is looked for again.
+TOKEN_START_WAIT_S = 5.0
 CANARY_AAD = b"hsmkms:readiness-canary"
 
 CKF_ENCRYPT, CKF_DECRYPT, CKF_GENERATE = 0x100, 0x200, 0x8000
@@ -207,6 +209,7 @@ class Pkcs11Backend:
         self._last_failure = 0.0
         self._readiness: tuple[int, float] | None = None  # (pid, when) of the last canary that succeeded
         self._checked_in: int | None = None  # the pid that checked the token's mechanisms
+        self._started_in: int | None = None  # the pid that has had a session (its start is over)
         self._slot_id: int | None = None
         # Cleared when the token refuses CKA_ALLOWED_MECHANISMS in a template (it does not support it).
         self._restrict_mechanisms = self.profile.allowed_mechanisms
@@ -300,6 +303,7 @@ class Pkcs11Backend:
             # it half-written, so a login takes the lock exclusively, like an object being written.
             with self._token_lock(exclusive=True):
                 self._session = self._login()
+            self._started_in = pid
             if self._checked_in != pid:
                 self._check_mechanisms()
                 self._checked_in = pid
@@ -321,11 +325,31 @@ class Pkcs11Backend:
                 "Use a token or HSM partition that offers it (see the README, In front of your HSM); on a vendor "
                 "HSM, ask its administrator whether a policy turns it off.  `hsmkms hsm check` shows the details")
 
-    def _login(self):
-        try:
+    def _find_token(self):
+        """The token, from a module initialised in this process.
+
+        At a process's first start only, a token missing from the slot list is looked for again, from a fresh
+        C_Initialize, for up to TOKEN_START_WAIT_S: openCryptoki showed an empty slot list to some of 4-8
+        processes initialising and logging in at once.  Later (a reconnect), a missing token fails at once.
+        """
+        deadline = time.monotonic() + (TOKEN_START_WAIT_S if self._started_in != os.getpid() else 0.0)
+        pause = 0.05
+        while True:
             self._lib = _library(self._module_path, self._init_reserved)
             self._lib.acquire(self)  # initialised in this process (a forked child initialises it itself)
-            token = self._lib.lib.get_token(token_label=self._token_label)
+            try:
+                return self._lib.lib.get_token(token_label=self._token_label)
+            except p11.NoSuchToken:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("no token labelled %r in %s yet; looking again", self._token_label, self._module_path)
+                self._lib.release(self)
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _login(self):
+        try:
+            token = self._find_token()
             self._slot_id = token.slot.slot_id
         except p11.NoSuchToken as exc:
             raise HsmUnavailable(f"no token labelled {self._token_label!r} in {self._module_path}") from exc
