@@ -47,6 +47,7 @@ class KeyObjectInfo:
     private: bool
     sensitive: bool
     extractable: bool
+    modifiable: bool
     always_sensitive: bool
     never_extractable: bool
     encrypt: bool

@@ -6,6 +6,8 @@
   the library again, and a failed GCM tag check answers CKR_GENERAL_ERROR.
 - ``nss``: NSS softoken (libsoftokn3), whose configuration travels in C_Initialize's reserved argument
   (``[hsm] init_reserved``).  It has no CKA_ALLOWED_MECHANISMS; a failed tag check is CKR_ENCRYPTED_DATA_INVALID.
+  Outside FIPS mode it wraps a key whose CKA_EXTRACTABLE is false (measured with NSS 3.87: C_WrapKey with
+  CKM_AES_KEY_WRAP gave the key's value): like any software token, the PIN and its files give the keys.
 - ``generic``: any other module, as PKCS#11 2.40 describes it: no SoftHSM workaround, CKR_GENERAL_ERROR is a
   device fault.
 """
@@ -27,12 +29,14 @@ class TokenProfile:
     general_error_is_tag_mismatch: bool
     # Master keys carry CKA_ALLOWED_MECHANISMS = {CKM_AES_GCM}.
     allowed_mechanisms: bool
+    # The token refuses C_WrapKey of a key whose CKA_EXTRACTABLE is false (hsmkms hsm check requires it).
+    refuses_wrapping: bool = True
 
 
 SOFTHSM = TokenProfile("softhsm", file_lock=True, reinitialise_to_find=True, general_error_is_tag_mismatch=True,
                        allowed_mechanisms=True)
 NSS = TokenProfile("nss", file_lock=False, reinitialise_to_find=False, general_error_is_tag_mismatch=False,
-                   allowed_mechanisms=False)
+                   allowed_mechanisms=False, refuses_wrapping=False)
 GENERIC = TokenProfile("generic", file_lock=False, reinitialise_to_find=False, general_error_is_tag_mismatch=False,
                        allowed_mechanisms=True)
 

@@ -90,24 +90,27 @@ REQUIREMENTS = (
 
 def unmet_requirements(module: native.Module, slot_id: int) -> list[str]:
     """What the token lacks of REQUIREMENTS (C_GetMechanismInfo), one sentence each; [] when nothing."""
-    unmet = []
-    for requirement in REQUIREMENTS:
-        name = f"CKM_{requirement.mechanism.name}"
-        try:
-            info = module.mechanism_info(slot_id, requirement.mechanism)
-        except p11.PKCS11Error as exc:
-            unmet.append(f"{name} is not offered ({type(exc).__name__}); hsmkms needs it {requirement.purpose}")
-            continue
-        missing = [flag_name for flag, flag_name in _FLAG_NAMES.items() if requirement.flags & flag and
-                   not info.flags & flag]
-        if missing:
-            unmet.append(f"{name} lacks {', '.join(missing)}; hsmkms needs it {requirement.purpose}")
-        # Sizes are in bytes for AES (PKCS#11 2.40); some modules give bits.  0/0 means "not said".
-        sizes = (MASTER_KEY_BYTES, MASTER_KEY_BYTES * 8)
-        if info.max_key_size and not any(info.min_key_size <= size <= info.max_key_size for size in sizes):
-            unmet.append(f"{name} does not take 256-bit keys (it takes {info.min_key_size}-{info.max_key_size}); "
-                         f"hsmkms needs it {requirement.purpose}")
-    return unmet
+    return [unmet for requirement in REQUIREMENTS if (unmet := unmet_requirements_of(module, slot_id, requirement))]
+
+
+def unmet_requirements_of(module: native.Module, slot_id: int, requirement: Requirement) -> str:
+    """What the token lacks of one requirement, as a sentence; "" when nothing."""
+    name = f"CKM_{requirement.mechanism.name}"
+    try:
+        info = module.mechanism_info(slot_id, requirement.mechanism)
+    except p11.PKCS11Error as exc:
+        return f"{name} is not offered ({type(exc).__name__}); hsmkms needs it {requirement.purpose}"
+    missing = [flag_name for flag, flag_name in _FLAG_NAMES.items() if requirement.flags & flag and
+               not info.flags & flag]
+    if missing:
+        return f"{name} lacks {', '.join(missing)}; hsmkms needs it {requirement.purpose}"
+    # Sizes are in bytes for AES (PKCS#11 2.40); some modules give bits.  0/0 means "not said".
+    sizes = (MASTER_KEY_BYTES, MASTER_KEY_BYTES * 8)
+    if info.max_key_size and not any(info.min_key_size <= size <= info.max_key_size for size in sizes):
+        return (f"{name} does not take 256-bit keys (it takes {info.min_key_size}-{info.max_key_size}); hsmkms "
+                f"needs it {requirement.purpose}")
+    return ""
+
 
 _AUTH_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLocked, p11.PinExpired, p11.PinLenRange)
 _STALE_HANDLE_ERRORS = (p11.KeyHandleInvalid, p11.ObjectHandleInvalid)
@@ -536,6 +539,7 @@ class Pkcs11Backend:
                 private=key[a.PRIVATE],
                 sensitive=key[a.SENSITIVE],
                 extractable=key[a.EXTRACTABLE],
+                modifiable=key[a.MODIFIABLE],
                 always_sensitive=key[a.ALWAYS_SENSITIVE],
                 never_extractable=key[a.NEVER_EXTRACTABLE],
                 encrypt=key[a.ENCRYPT],
