@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import uuid
 
 import pytest
@@ -56,12 +55,15 @@ def test_the_iv_the_token_made_is_read_back(vendor, hsm_settings, monkeypatch, o
     assert again != iv  # a new IV for every encryption
 
 
-@pytest.mark.parametrize("vendor", VENDORS)
-def test_these_tokens_refuse_an_iv_made_by_the_host(vendor, hsm_settings, monkeypatch, opened):
+@pytest.mark.parametrize("vendor, why", [("cloudhsm", "it did not use the IV it was given"),
+                                         ("luna", "it refused the IV it was given")])
+def test_host_mode_is_refused_at_start_on_a_token_that_makes_its_own_ivs(vendor, why, hsm_settings, monkeypatch):
+    """CloudHSM would seal under its own IV while the blob records the host's: nothing could be decrypted."""
     install_vendor(monkeypatch, hsm_settings, vendor)
-    backend, object_id = opened()
-    with pytest.raises(HsmConfigurationError, match="MechanismParamInvalid"):
-        backend.gcm_encrypt(object_id, os.urandom(12), b"data key", b"")
+    backend = tokens.backend(hsm_settings)  # gcm_iv = "host"
+    with pytest.raises(HsmConfigurationError) as refused:
+        backend.open()
+    assert why in str(refused.value) and 'set [hsm] gcm_iv = "token"' in str(refused.value)
 
 
 def test_a_token_that_makes_no_iv_is_refused_in_token_mode(opened):

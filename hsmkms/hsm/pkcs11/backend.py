@@ -309,6 +309,8 @@ class Pkcs11Backend:
             self._started_in = pid
             if self._checked_in != pid:
                 self._check_mechanisms()
+                if not self.token_makes_iv:
+                    self._check_caller_iv(self._session)
                 self._checked_in = pid
             with self._token_lock(exclusive=False):
                 self._enumerate_keys(self._session)
@@ -349,6 +351,23 @@ class Pkcs11Backend:
                 self._lib.release(self)
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+    def _check_caller_iv(self, session) -> None:
+        """With [hsm] gcm_iv = "host", refuse a token that makes GCM IVs itself: it would seal under an IV other
+        than the one the blob records (AWS CloudHSM ignores the caller's), or refuses ours (Thales Luna in FIPS
+        mode).  Checked once per process with a session key, so that no such blob is ever made."""
+        advice = (f'the token {self._token_label!r} makes its own GCM IVs ({{}}): set [hsm] gcm_iv = "token" for '
+                  "it (see the README, The ciphertext blob)")
+        key = session.generate_key(KeyType.AES, 256, store=False, template={
+            Attribute.TOKEN: False, Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False})
+        try:
+            if self._lib.caller_iv_ignored(session.handle, key.handle):
+                raise HsmConfigurationError(advice.format("it did not use the IV it was given"))
+        except (p11.MechanismParamInvalid, p11.ArgumentsBad) as exc:
+            raise HsmConfigurationError(advice.format(f"it refused the IV it was given: {exc}")) from exc
+        finally:
+            key.destroy()
 
     def _login(self):
         try:

@@ -224,6 +224,24 @@ class Module:
         self._init(self._decrypt_init, session, key, iv, aad, "C_DecryptInit")
         return self._run(self._decrypt, session, sealed, len(sealed), "C_Decrypt")
 
+    def caller_iv_ignored(self, session: int, key: int) -> bool:
+        """Whether the token replaces a caller's GCM IV with its own (AWS CloudHSM writes the IV it made into
+        pIv): a random IV in a buffer of its own goes in, and comes back changed, or fails to decrypt.  A token
+        that refuses a caller's IV raises (MechanismParamInvalid, as Thales Luna in FIPS mode)."""
+        iv = os.urandom(TOKEN_IV_BYTES)
+        iv_buffer = ctypes.create_string_buffer(iv, TOKEN_IV_BYTES)
+        params = _GcmParams(ctypes.cast(iv_buffer, ctypes.c_char_p), TOKEN_IV_BYTES, TOKEN_IV_BYTES * 8, b"", 0,
+                            GCM_TAG_BYTES * 8)
+        mechanism = _Mechanism(CKM_AES_GCM, ctypes.addressof(params), _GCM_PARAMS_SIZE)
+        check(self._encrypt_init(session, ctypes.byref(mechanism), key), "C_EncryptInit")
+        sealed = self._run(self._encrypt, session, b"hsmkms", len(b"hsmkms") + GCM_TAG_BYTES, "C_Encrypt")
+        if iv_buffer.raw != iv:
+            return True
+        try:
+            return self.gcm_decrypt(session, key, iv, sealed, b"") != b"hsmkms"
+        except (p11.EncryptedDataInvalid, p11.GeneralError, AeadDecryptFailed):
+            return True
+
     def gcm_encrypt_token_iv(self, session: int, key: int, plaintext: bytes, aad: bytes,
                              style: str) -> tuple[bytes, bytes]:
         """C_EncryptInit + C_Encrypt with CKM_AES_GCM where the token makes the IV, handed back in ``style``
