@@ -13,6 +13,9 @@
     HSMKMS_TEST_HSM_PROFILE        softhsm, nss or generic (default: by the module's file name)
     HSMKMS_TEST_HSM_INIT_RESERVED  C_Initialize's reserved argument, when the module needs one
 
+The tests keep their objects on such a token in a deployment of their own, "hsmkms-tests" (see
+hsmkms/hsm/namespace.py), apart from any other deployment's keys.
+
 Nothing is written outside the temporary directory.
 """
 
@@ -77,7 +80,7 @@ def token_settings(name: str, root: Path, softhsm_label: str = "hsmkms-test") ->
         return dataclasses.replace(
             base, module=env[EXTERNAL_ENV], token_label=env["HSMKMS_TEST_HSM_TOKEN_LABEL"],
             pin_file=Path(env["HSMKMS_TEST_HSM_PIN_FILE"]), hsm_profile_name=env.get("HSMKMS_TEST_HSM_PROFILE", ""),
-            init_reserved=env.get("HSMKMS_TEST_HSM_INIT_RESERVED", ""))
+            init_reserved=env.get("HSMKMS_TEST_HSM_INIT_RESERVED", ""), deployment="hsmkms-tests")
     raise ValueError(f"unknown test token {name!r}")
 
 
@@ -101,11 +104,12 @@ def hsm_config(name: str, data_dir: Path, softhsm_label: str, pin: str | None = 
     settings = token_settings(name, data_dir)
     return (f'[hsm]\nmodule = "{settings.module}"\ntoken_label = "{settings.token_label}"\n'
             f'pin_file = "{settings.pin_file}"\nprofile = "{settings.hsm_profile.name}"\n'
-            f'init_reserved = "{settings.init_reserved}"\n')
+            f'init_reserved = "{settings.init_reserved}"\ndeployment = "{settings.deployment}"\n')
 
 
 def backend(settings: Settings, **options) -> Pkcs11Backend:
     """A backend for the token ``settings`` name, as hsmkms makes one (``options``: wait_seconds, lock_path ...)."""
     options.setdefault("profile", settings.hsm_profile)
     options.setdefault("init_reserved", settings.init_reserved or None)
+    options.setdefault("deployment", settings.deployment)
     return Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, **options)

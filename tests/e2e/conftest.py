@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import TOKENS
 from tests.e2e.inprocess import InProcessServer, start_in_process
 from tests.e2e.sdk import LegacySdk, TeaSdk
-from tests.conftest import TOKENS
 from tests.e2e.server import LiveServer, provision_server
 
 SDK_NAMES = ["tea-v3", "tea-v2", "legacy"]

@@ -26,10 +26,10 @@ import hsmkms.hsm.pkcs11.backend as hsm_module
 from hsmkms.api.auth import v1_signature, v1_string_to_sign
 from tests import tokens
 from tests.e2e.conftest import make_sdk
-from tests.hsm_double import ModuleDouble
 from tests.e2e.inprocess import start_in_process
 from tests.e2e.sdk import ApiError
 from tests.e2e.server import provision_server
+from tests.hsm_double import ModuleDouble
 
 PIN = "faults-" + uuid.uuid4().hex
 

@@ -41,8 +41,9 @@ def seal_some(runtime) -> list[tuple[str, dict, str]]:
 
 
 def test_two_deployments_share_a_token_and_repairing_one_spares_the_other(hsm_settings, hsm, tmp_path):
-    blue = deployment(hsm_settings, "blue", tmp_path / "blue")
-    green = deployment(hsm_settings, "green", tmp_path / "green")
+    run = uuid.uuid4().hex[:8]  # names of this run's own: an operator's token keeps what earlier runs left
+    blue = deployment(hsm_settings, f"blue-{run}", tmp_path / "blue")
+    green = deployment(hsm_settings, f"green-{run}", tmp_path / "green")
     try:
         green_blobs = seal_some(green)
         seal_some(blue)
@@ -53,7 +54,7 @@ def test_two_deployments_share_a_token_and_repairing_one_spares_the_other(hsm_se
 
         report = blue.services.maintenance.doctor(repair=True)
         assert report.orphan_objects == [orphan] and report.repaired == [f"destroyed {orphan}"]
-        green_labels = {f"hsmkms@green:{label.removeprefix('hsmkms:')}" for label in green.hsm.list_key_ids().values()}
+        green_labels = {green.hsm.namespace.cka_label(label) for label in green.hsm.list_key_ids().values()}
         assert green_labels <= set(report.foreign_objects)
         assert any("belongs to another deployment" in line for line in report.lines())
         assert not blue.hsm.has_key(orphan)
@@ -79,7 +80,7 @@ def test_objects_made_before_deployments_had_names_stay_the_default_deployments(
     template = master_key_template(version_id.encode(), label, hsm.profile.allowed_mechanisms)
     with token_session(hsm_settings) as session:  # made as hsmkms made objects before deployments had names
         session.generate_key(KeyType.AES, 256, store=True, template=template)
-    default = tokens.backend(hsm_settings)
+    default = tokens.backend(hsm_settings, deployment="")
     named = tokens.backend(hsm_settings, deployment="blue")
     try:
         assert default.list_key_ids()[version_id] == label

@@ -27,7 +27,7 @@ def new_key(hsm) -> str:
 def test_master_key_attributes_on_the_token(hsm):
     object_id = new_key(hsm)
     info = hsm.key_info(object_id)
-    assert info.label == f"hsmkms:cmk:test:{object_id}"
+    assert info.label == hsm.namespace.cka_label(f"hsmkms:cmk:test:{object_id}")  # as on the token
     assert info.key_bits == 256
     assert (info.token, info.private, info.sensitive, info.extractable) == (True, True, True, False)
     assert (info.always_sensitive, info.never_extractable) == (True, True)
@@ -45,7 +45,7 @@ def test_a_master_key_refuses_every_mechanism_but_gcm(hsm, hsm_settings):
         assert hsm.allowed_mechanisms(object_id) is None
         return
     with token_session(hsm_settings) as session:
-        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=hsm.namespace.cka_id(object_id))
         for mechanism, param in [(Mechanism.AES_ECB, None), (Mechanism.AES_CBC_PAD, bytes(16))]:
             with pytest.raises(p11.MechanismInvalid):  # SoftHSM's answer; the standard allows KEY_FUNCTION_...
                 key.encrypt(bytes(16), mechanism=mechanism, mechanism_param=param)
@@ -57,7 +57,7 @@ def test_key_value_cannot_be_read(hsm, hsm_settings):
     """Independently of the backend: the token itself refuses to reveal the key value."""
     object_id = new_key(hsm)
     with token_session(hsm_settings) as session:
-        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=hsm.namespace.cka_id(object_id))
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             key[Attribute.VALUE]
 

@@ -13,8 +13,8 @@ from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed
 from hsmkms.hsm.pkcs11 import master_key_template
-from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service import watch as watch_module
+from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
 from hsmkms.store.sqlite import SqliteStore
@@ -177,7 +177,8 @@ def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_se
     version_id = legacy.primary_version_id
     hsm.destroy_key(version_id)
     with token_session(hsm_settings) as session:
-        template = master_key_template(version_id.encode(), hsm_label(legacy.key_id, version_id),
+        template = master_key_template(hsm.namespace.cka_id(version_id),
+                                       hsm.namespace.cka_label(hsm_label(legacy.key_id, version_id)),
                                        restrict_mechanisms=False)
         session.generate_key(KeyType.AES, 256, store=True, template=template)
     report = runtime.services.maintenance.doctor()

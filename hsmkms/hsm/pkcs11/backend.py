@@ -196,8 +196,8 @@ class Pkcs11Backend:
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
         self._lock_path = lock_path if self.profile.file_lock else None
-        tag_mismatch = _TAG_MISMATCH_ERRORS + ((p11.GeneralError,) if self.profile.general_error_is_tag_mismatch else ())
-        self._tag_mismatch_errors = tag_mismatch
+        general = (p11.GeneralError,) if self.profile.general_error_is_tag_mismatch else ()
+        self._tag_mismatch_errors = _TAG_MISMATCH_ERRORS + general
         self._lock_file = None  # opened per process: a file lock is shared with a forked child otherwise
         self._lock_file_pid: int | None = None
         self._token_locked = False

@@ -10,7 +10,6 @@ current size, two processes using the token at once.  It removes what it made.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import statistics
 import time
 import uuid
@@ -151,7 +150,8 @@ def _exercise(backend: Pkcs11Backend, report: CheckReport, rounds: int) -> None:
 def _attributes(backend: Pkcs11Backend, report: CheckReport, object_id: str) -> None:
     info = backend.key_info(object_id)
     report.add("test key: AES-256 token object", info.token and info.key_bits == 256, f"{info.key_bits} bits")
-    report.add("CKA_SENSITIVE true", info.sensitive and info.always_sensitive, f"always sensitive: {info.always_sensitive}")
+    report.add("CKA_SENSITIVE true", info.sensitive and info.always_sensitive,
+               f"always sensitive: {info.always_sensitive}")
     report.add("CKA_EXTRACTABLE false", not info.extractable and info.never_extractable,
                f"never extractable: {info.never_extractable}")
     report.add("CKA_MODIFIABLE false", not info.modifiable, "the template cannot be changed later")
