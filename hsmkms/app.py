@@ -32,7 +32,7 @@ from hsmkms.errors import (
 from hsmkms.hsm.backend import HsmBackend
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.metrics import MeteredHsm, Metrics
-from hsmkms.service.access_keys import AccessKeyService
+from hsmkms.service.access_keys import SERVICE_KEY_ID, AccessKeyService
 from hsmkms.service.crypto import CryptoService
 from hsmkms.service.keys import Identity, KeyService
 from hsmkms.service.maintenance import Maintenance
@@ -68,7 +68,11 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     store = open_store(settings)
     if hsm is None:
         hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds,
-                            lock_path=settings.hsm_lock_path)
+                            lock_path=settings.hsm_lock_path, profile=settings.hsm_profile,
+                            init_reserved=settings.init_reserved or None, deployment=settings.deployment,
+                            gcm_iv=settings.gcm_iv)
+        log.info("HSM: PKCS#11 module %s, token %r, profile %s, deployment %r", settings.module,
+                 settings.token_label, settings.hsm_profile.name, settings.deployment or "(default)")
     if metrics is not None:
         hsm = MeteredHsm(hsm, metrics)
     watch = StoreWatch(store)
@@ -76,9 +80,9 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     keys = KeyService(store, hsm, identity, watch, clock)
     services = Services(
         keys=keys,
-        crypto=CryptoService(keys, hsm),
+        crypto=CryptoService(keys, hsm, token_iv=settings.gcm_iv == "token"),
         tags=TagService(keys),
-        access_keys=AccessKeyService(store, hsm, watch, clock),
+        access_keys=AccessKeyService(store, hsm, watch, clock, token_iv=settings.gcm_iv == "token"),
         maintenance=Maintenance(keys),
         identity=identity,
     )
@@ -123,7 +127,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Applica
 
 
 def readiness(runtime: Runtime) -> tuple[bool, bytes]:
-    checks = {"hsm": runtime.hsm.ping(), "store": runtime.store.ping(), "nonces": runtime.nonces.ping()}
+    # The HSM canary is the access-key service key: a real token object, restricted to GCM, every worker uses.
+    checks = {"hsm": runtime.hsm.ping(SERVICE_KEY_ID), "store": runtime.store.ping(), "nonces": runtime.nonces.ping()}
     return all(checks.values()), json.dumps(checks, separators=(",", ":")).encode()
 
 

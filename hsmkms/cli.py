@@ -289,6 +289,32 @@ def doctor(runtime: Runtime, repair: bool) -> None:
         sys.exit(1)
 
 
+@main.group()
+def hsm() -> None:
+    """The PKCS#11 token."""
+
+
+@hsm.command("check")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="GCM round trips timed for the latency and throughput figures.")
+def hsm_check(config_path: Path | None, as_json: bool, rounds: int) -> None:
+    """Check that the token can serve hsmkms (before going live); exit 1 when it cannot."""
+    from hsmkms.hsm.pkcs11.check import run_check
+
+    settings = _settings(config_path)
+    settings.apply_process_environment()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _operator_errors():
+        report = run_check(settings.module, settings.token_label, settings.read_pin, profile=settings.hsm_profile,
+                           init_reserved=settings.init_reserved or None, deployment=settings.deployment,
+                           gcm_iv=settings.gcm_iv, lock_path=settings.data_dir / "hsm.lock", rounds=rounds)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command("backup")
 @config_option
 @click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), required=True,

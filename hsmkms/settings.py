@@ -18,6 +18,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsmkms.hsm.namespace import DEPLOYMENT_NAME
+from hsmkms.hsm.profiles import PROFILES, TokenProfile, profile_for
 from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
 PIN_ENV = "HSMKMS_HSM_PIN"
@@ -47,6 +49,10 @@ class Settings:
     token_label: str = "hsmkms"
     pin_file: Path | None = None
     hsm_lock_file: Path | None = None  # default: <data_dir>/hsm.lock
+    hsm_profile_name: str = ""  # softhsm, nss or generic; "" = by the module's file name (generic if unknown)
+    init_reserved: str = ""  # C_Initialize's pReserved: NSS softoken's database ("" = NULL)
+    deployment: str = ""  # names this deployment's objects on a shared token; "" = the default deployment
+    gcm_iv: str = "host"  # who makes GCM IVs: "host" (the token's RNG, blob format 1) or "token" (format 2)
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
@@ -102,6 +108,10 @@ class Settings:
         return None if self.softhsm_token_dir is None else self.data_dir / "softhsm2.conf"
 
     @property
+    def hsm_profile(self) -> TokenProfile:
+        return profile_for(self.module, self.hsm_profile_name)
+
+    @property
     def listen_host_port(self) -> tuple[str, int]:
         return _host_port(self.listen)
 
@@ -154,6 +164,10 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "pin_file"): "pin_file",
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
     ("hsm", "lock_file"): "hsm_lock_file",
+    ("hsm", "profile"): "hsm_profile_name",
+    ("hsm", "init_reserved"): "init_reserved",
+    ("hsm", "deployment"): "deployment",
+    ("hsm", "gcm_iv"): "gcm_iv",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
     ("store", "url"): "store_url",
@@ -295,3 +309,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
     if len(settings.token_label.encode()) > 32:
         raise SettingsError("token_label has at most 32 bytes")
+    if settings.deployment and not DEPLOYMENT_NAME.match(settings.deployment):
+        raise SettingsError("[hsm] deployment is 1-32 lowercase letters, digits, '-' or '_', starting with a letter "
+                            f"or digit, not {settings.deployment!r}")
+    if settings.gcm_iv not in ("host", "token"):
+        raise SettingsError(f'[hsm] gcm_iv must be "host" or "token", not {settings.gcm_iv!r}')
+    if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:
+        raise SettingsError(f"[hsm] profile must be one of {', '.join(PROFILES)}, not {settings.hsm_profile_name!r}")

@@ -63,15 +63,20 @@ class Located:
 
 
 class CryptoService:
-    def __init__(self, keys: KeyService, hsm: HsmBackend):
+    """``token_iv``: the token makes each GCM IV ([hsm] gcm_iv = "token"), and blobs are format 2; otherwise
+    the IV comes from the token's RNG and blobs are format 1.  Blobs of either format decrypt either way."""
+
+    def __init__(self, keys: KeyService, hsm: HsmBackend, token_iv: bool = False):
         self.keys = keys
         self.hsm = hsm
+        self.token_iv = token_iv
+        self._iv_len = 0 if token_iv else blob.IV_LEN  # what the host draws for an IV
 
     def generate_data_key(self, key: KeyRecord, number_of_bytes: int, context: Mapping[str, str],
                           action: str = "GenerateDataKey") -> DataKey:
         states.check(action, key.state)
         # One RNG round trip serves both the data key and the IV.
-        random = self.hsm.random(number_of_bytes + blob.IV_LEN)
+        random = self.hsm.random(number_of_bytes + self._iv_len)
         data_key, iv = random[:number_of_bytes], random[number_of_bytes:]
         plaintext_b64 = base64.b64encode(data_key).decode("ascii")
         sealed = self._seal(key.key_id, key.primary_version_id, iv, plaintext_b64, context)
@@ -79,7 +84,7 @@ class CryptoService:
 
     def encrypt(self, key: KeyRecord, plaintext: str, context: Mapping[str, str]) -> Sealed:
         states.check("Encrypt", key.state)
-        iv = self.hsm.random(blob.IV_LEN)
+        iv = self.hsm.random(self._iv_len) if self._iv_len else b""
         return self._seal(key.key_id, key.primary_version_id, iv, plaintext, context)
 
     def locate(self, ciphertext_blob: str) -> Located:
@@ -108,7 +113,7 @@ class CryptoService:
         and exists here only between the two HSM calls."""
         states.check("ReEncrypt", destination.state)
         opened = self.decrypt(located, source_context, action="ReEncrypt")
-        iv = self.hsm.random(blob.IV_LEN)
+        iv = self.hsm.random(self._iv_len) if self._iv_len else b""
         return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,
                           destination_context)
 
@@ -135,5 +140,9 @@ class CryptoService:
 
     def _seal(self, key_id: str, version_id: str, iv: bytes, plaintext: str,
               context: Mapping[str, str]) -> Sealed:
+        """Seal under ``iv`` (format 1), or, with ``token_iv`` (``iv`` empty), under an IV the token makes."""
+        if self.token_iv:
+            iv, sealed = self.hsm.gcm_encrypt_token_iv(version_id, plaintext.encode("utf-8"), canonical_aad(context))
+            return Sealed(key_id, version_id, blob.encode(blob.Blob(version_id, iv, sealed, blob.FORMAT_2)))
         sealed = self.hsm.gcm_encrypt(version_id, iv, plaintext.encode("utf-8"), canonical_aad(context))
         return Sealed(key_id, version_id, blob.encode(blob.Blob(version_id, iv, sealed)))

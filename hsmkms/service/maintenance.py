@@ -30,6 +30,11 @@ class DoctorReport:
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
     invalid_policies: list[str] = field(default_factory=list)  # "<access key>: <why>", stored before checks
+    # Advice, not an inconsistency: objects usable with any mechanism (made before hsmkms restricted them to
+    # AES-GCM; CKA_ALLOWED_MECHANISMS cannot be added to an existing object).  None: the token has no such attribute.
+    unrestricted_objects: list[str] | None = field(default_factory=list)
+    # Also advice: hsmkms objects of other deployments sharing the token; never touched.
+    foreign_objects: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -48,6 +53,15 @@ class DoctorReport:
             out.append("the access-key service key is missing from the token (run hsmkms init)")
         out += [f"access key policy that would be refused today (fix it with access-key policy set): {problem}"
                 for problem in self.invalid_policies]
+        if self.unrestricted_objects is None:
+            out.append("note: the token does not support CKA_ALLOWED_MECHANISMS: with the PIN, master keys can be "
+                       "used with other mechanisms than AES-GCM")
+        else:
+            out += [f"note: HSM object {v} lacks CKA_ALLOWED_MECHANISMS = {{CKM_AES_GCM}} (made before hsmkms set "
+                    f"it; rotate its key so that new data is sealed by a restricted version)"
+                    for v in self.unrestricted_objects]
+        out += [f"note: HSM object {label!r} belongs to another deployment on this token (left alone)"
+                for label in self.foreign_objects]
         out += [f"repaired: {item}" for item in self.repaired]
         return out
 
@@ -102,6 +116,17 @@ class Maintenance:
         self.hsm.destroy_key(object_id)
         self.store.finish_object(object_id)
 
+    def _unrestricted(self, object_ids: list[str]) -> list[str] | None:
+        """The objects whose CKA_ALLOWED_MECHANISMS is not exactly {CKM_AES_GCM}; None when the token lacks it."""
+        unrestricted = []
+        for object_id in sorted(object_ids):
+            allowed = self.hsm.allowed_mechanisms(object_id)
+            if allowed is None:
+                return None
+            if allowed != ("AES_GCM",):
+                unrestricted.append(object_id)
+        return unrestricted
+
     def doctor(self, repair: bool = False) -> DoctorReport:
         """Compare the token's objects with the metadata; with ``repair``, fix what is safe to fix.
 
@@ -109,7 +134,9 @@ class Maintenance:
         back stale journalled creations.  An object a live version names is never destroyed.
         """
         report = DoctorReport()
+        # Only this deployment's objects: another deployment's on a shared token are reported, never destroyed.
         objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
+        report.foreign_objects = self.hsm.foreign_objects()
         versions = self.store.all_versions()
         pending = {p.object_id: p for p in self.store.pending_objects()}
         report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)
@@ -121,6 +148,9 @@ class Maintenance:
             problem = None if record.policy is None else stored_policy_problem(record.policy)
             if problem is not None:
                 report.invalid_policies.append(f"{record.access_key_id}: {problem}")
+        report.unrestricted_objects = self._unrestricted(
+            [v for v, live in versions.items() if live and v in objects]
+            + ([] if report.service_key_missing else [SERVICE_KEY_ID]))
         if repair:
             for object_id in report.orphan_objects + report.dead_objects:
                 if versions.get(object_id):  # belt and braces: never a live version's object

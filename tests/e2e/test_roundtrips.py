@@ -1,4 +1,5 @@
-"""Every action of the foundation, round trip, through each official SDK and signature scheme."""
+"""Every action of the foundation, round trip, through each official SDK and signature scheme, against a live
+server on each test token (SoftHSM and NSS softoken)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.conftest import TOKENS
 from tests.e2e.conftest import make_sdk
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 ARN_PREFIX = "acs:kms:cn-hangzhou:1234567890123456:"
+
+
+@pytest.fixture(params=TOKENS)
+def server(request, live_servers):
+    """This module's tests run against the live server of every test token."""
+    return live_servers(request.param)
 
 
 def test_create_and_describe_key(sdk):

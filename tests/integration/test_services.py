@@ -7,15 +7,19 @@ import stat
 import uuid
 
 import pytest
+from pkcs11 import KeyType
 
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed
 from hsmkms.policy import PolicyError
+from hsmkms.hsm.pkcs11 import master_key_template
 from hsmkms.service import watch as watch_module
+from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service.keys import hsm_label
 from hsmkms.store.base import StoreError
 from hsmkms.store.sqlite import SqliteStore
+from tests.conftest import token_session
 
 CREATE = dict(key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
               protection_level="HSM", description="")
@@ -171,3 +175,31 @@ def test_a_policy_stored_before_names_were_checked_still_loads_and_doctor_report
     report = runtime.services.maintenance.doctor()
     assert not report.consistent
     assert [line for line in report.lines() if access_key_id in line and "kms:Decrpyt" in line]
+def test_service_key_is_restricted_to_gcm(runtime, hsm):
+    assert hsm.allowed_mechanisms(SERVICE_KEY_ID) == (("AES_GCM",) if hsm.profile.allowed_mechanisms else None)
+
+
+def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_settings):
+    """Objects made before hsmkms set CKA_ALLOWED_MECHANISMS are reported (advice: doctor still passes); on a
+    token without the attribute, doctor says that once."""
+    if not hsm.profile.allowed_mechanisms:
+        report = runtime.services.maintenance.doctor()
+        assert report.unrestricted_objects is None
+        assert any("does not support CKA_ALLOWED_MECHANISMS" in line for line in report.lines())
+        return
+    restricted = runtime.services.keys.create_key(**CREATE)
+    legacy = runtime.services.keys.create_key(**CREATE)
+    # Replace the legacy key's object by one made as hsmkms made them before: no CKA_ALLOWED_MECHANISMS.
+    version_id = legacy.primary_version_id
+    hsm.destroy_key(version_id)
+    with token_session(hsm_settings) as session:
+        template = master_key_template(hsm.namespace.cka_id(version_id),
+                                       hsm.namespace.cka_label(hsm_label(legacy.key_id, version_id)),
+                                       restrict_mechanisms=False)
+        session.generate_key(KeyType.AES, 256, store=True, template=template)
+    report = runtime.services.maintenance.doctor()
+    assert version_id in report.unrestricted_objects
+    assert restricted.primary_version_id not in report.unrestricted_objects
+    assert SERVICE_KEY_ID not in report.unrestricted_objects
+    assert any(version_id in line and "CKA_ALLOWED_MECHANISMS" in line for line in report.lines())
+    assert version_id not in report.missing_objects

@@ -15,7 +15,7 @@ WORKERS = 3
 
 
 class Healthy:
-    def ping(self) -> bool:
+    def ping(self, *canary) -> bool:
         return True
 
 

@@ -391,3 +391,17 @@ def test_the_hsm_lock_file(tmp_path):
     assert shared.hsm_lock_path == (tmp_path / "shared" / "hsm.lock").resolve()
     alone = load(write(tmp_path, 'data_dir = "node2"\n', "n2.toml"), environ={})
     assert alone.hsm_lock_path == (tmp_path / "node2" / "hsm.lock").resolve()
+
+
+def test_token_profile_follows_the_module_unless_named(tmp_path):
+    assert load(environ={}).hsm_profile.name == "softhsm"
+    nss = load(environ={"HSMKMS_HSM_MODULE": "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"})
+    assert nss.hsm_profile.name == "nss"
+    vendor = load(environ={"HSMKMS_HSM_MODULE": "/opt/safenet/lunaclient/lib/libCryptoki2_64.so"})
+    assert vendor.hsm_profile.name == "generic"
+    assert not (vendor.hsm_profile.file_lock or vendor.hsm_profile.general_error_is_tag_mismatch)
+    named = load(write(tmp_path, '[hsm]\nmodule = "/opt/x.so"\nprofile = "softhsm"\ninit_reserved = "a=b"\n'),
+                 environ={})
+    assert (named.hsm_profile.name, named.init_reserved) == ("softhsm", "a=b")
+    with pytest.raises(SettingsError, match="profile must be one of softhsm, nss, generic"):
+        load(environ={"HSMKMS_HSM_PROFILE": "luna"})
