@@ -37,7 +37,7 @@ from hsmkms.errors import (
     ServiceUnavailable,
     UnsupportedHTTPMethod,
 )
-from hsmkms.hsm.backend import HsmUnavailable
+from hsmkms.hsm.backend import HsmConfigurationError, HsmUnavailable
 from hsmkms.metrics import Metrics
 from hsmkms.service.context import canonical_aad
 from hsmkms.service.watch import StoreWatch
@@ -127,6 +127,10 @@ class RpcEndpoint:
         except (HsmUnavailable, StoreError) as exc:
             log.error("request %s: %s: %s", trail.request_id, type(exc).__name__, exc)
             err = ServiceUnavailable()
+            outcome, reply = err.code, render.error(err, trail.request_id, host_id(environ))
+        except HsmConfigurationError as exc:  # the token refused the operation: ours to fix, its message says how
+            log.error("request %s: %s", trail.request_id, exc)
+            err = InternalFailure()
             outcome, reply = err.code, render.error(err, trail.request_id, host_id(environ))
         except Exception:
             log.exception("request %s failed", trail.request_id)

@@ -24,6 +24,7 @@ from pkcs11 import exceptions as p11
 
 import hsmkms.hsm.pkcs11.backend as hsm_module
 from hsmkms.api.auth import v1_signature, v1_string_to_sign
+from hsmkms.hsm.backend import HsmConfigurationError
 from tests import tokens
 from tests.e2e.conftest import make_sdk
 from tests.e2e.inprocess import start_in_process
@@ -399,3 +400,21 @@ def test_backup_wipe_restore_drill(tmp_path):
     assert (live.data_dir / "nonces.bin").exists()  # the nonces the restored server saw
     live.cli("restore", "--from", str(tmp_path / "backup"), "--force")
     assert not (live.data_dir / "nonces.bin").exists()  # disposable: neither backed up nor left behind
+
+
+def test_a_token_that_refuses_an_operation_answers_500_with_one_log_line(hsm_settings, hsm, tmp_path, monkeypatch):
+    """A configuration error (the token refuses a mechanism or template) is the service's fault, not the
+    caller's: InternalFailure, logged as one clear line (stop() fails on a logged traceback)."""
+    server, stop = start_in_process(hsm_settings, hsm, tmp_path, expect_errors=True)
+    client = make_sdk("tea-v3", server)
+    key_id = client.call("CreateKey")["KeyMetadata"]["KeyId"]
+
+    def refuse(*args, **kwargs):
+        raise HsmConfigurationError("the token refused the request: MechanismInvalid")
+
+    monkeypatch.setattr(server.runtime.hsm, "gcm_encrypt", refuse)
+    err = refused(client, "Encrypt", KeyId=key_id, Plaintext="YQ==")
+    assert (err.status, err.code) == (500, "InternalFailure")
+    monkeypatch.undo()
+    assert client.call("Encrypt", KeyId=key_id, Plaintext="YQ==")["KeyId"] == key_id  # the session stayed open
+    stop()
