@@ -994,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-cluster", action="store_true",
                         help="only the cluster runs (3 nodes behind HAProxy on PostgreSQL; nonces in PostgreSQL, "
                              "then in Redis)")
+    parser.add_argument("--no-cluster", action="store_true", help="only the single-node runs")
     args = parser.parse_args(argv)
     if args.quick:
         RUN_S, MANY_KEYS, RSS_REQUESTS = 3, 500, 20_000
@@ -1044,8 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
             results["server_log_errors"] = server.log_errors()[:50]
             results["server_exit_code"] = server.stop()
             server = None
-        log(f"cluster: {CLUSTER_NODES} nodes behind HAProxy on PostgreSQL")
-        cluster_runs(results, budget, work, args.quick)
+        if not args.no_cluster:
+            log(f"cluster: {CLUSTER_NODES} nodes behind HAProxy on PostgreSQL")
+            cluster_runs(results, budget, work, args.quick)
     except Exception as exc:  # noqa: BLE001 - report what was measured, then the failure
         log(f"benchmark step failed: {exc!r}")
         results["failure"] = traceback.format_exc()
