@@ -35,6 +35,7 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     workers: int = 0  # 0: one worker process per CPU core
     max_body_bytes: int = 64 * 1024
+    body_timeout_seconds: int = 10  # a request body must arrive whole within this, or is answered 408
     tls_certificate: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
     # [kms]
@@ -130,6 +131,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("server", "listen"): "listen",
     ("server", "workers"): "workers",
     ("server", "max_body_bytes"): "max_body_bytes",
+    ("server", "body_timeout_seconds"): "body_timeout_seconds",
     ("server", "tls_certificate"): "tls_certificate",
     ("server", "tls_key"): "tls_key",
     ("kms", "region"): "region",
@@ -151,7 +153,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("log", "level"): "log_level",
 }
 _PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
-_INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
+_INT_FIELDS = {"workers", "max_body_bytes", "body_timeout_seconds", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
                "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
 
 
@@ -233,6 +235,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("workers must be 0 (one per core) or more")
     if settings.max_body_bytes < 1:
         raise SettingsError("max_body_bytes must be positive")
+    if settings.body_timeout_seconds < 1:
+        raise SettingsError("[server] body_timeout_seconds must be positive")
     if settings.busy_timeout_ms < 1 or settings.hsm_wait_seconds < 1:
         raise SettingsError("[store] busy_timeout_ms and [hsm] wait_seconds must be positive")
     if settings.audit_max_bytes < 0 or settings.audit_backup_count < 0:

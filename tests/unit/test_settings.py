@@ -15,6 +15,7 @@ data_dir = "data"
 listen = "0.0.0.0:9090"
 workers = 3
 max_body_bytes = 1000
+body_timeout_seconds = 3
 
 [kms]
 region = "cn-shanghai"
@@ -58,6 +59,7 @@ def test_defaults_without_file():
     assert settings.listen == "127.0.0.1:8080"
     assert settings.workers == 0
     assert settings.max_body_bytes == 64 * 1024
+    assert settings.body_timeout_seconds == 10
     assert settings.region == "cn-hangzhou"
     assert settings.account_id == "1000000000000000"
     assert settings.module == SOFTHSM_MODULE
@@ -81,6 +83,7 @@ def test_full_file(tmp_path):
     assert settings.listen_host_port == ("0.0.0.0", 9090)
     assert settings.workers == 3
     assert settings.max_body_bytes == 1000
+    assert settings.body_timeout_seconds == 3
     assert settings.region == "cn-shanghai"
     assert settings.account_id == "1234567890123456"
     assert settings.module == "/opt/hsm/lib.so"
@@ -209,6 +212,12 @@ def test_non_integer_workers_in_file(tmp_path, value):
 def test_negative_workers(tmp_path):
     with pytest.raises(SettingsError):
         load(None, environ={"HSMKMS_SERVER_WORKERS": "-1"})
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_body_timeout_must_be_positive(seconds):
+    with pytest.raises(SettingsError, match="body_timeout_seconds"):
+        load(None, environ={"HSMKMS_SERVER_BODY_TIMEOUT_SECONDS": seconds})
 
 
 def test_invalid_toml(tmp_path):
