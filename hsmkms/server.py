@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from granian import Granian
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
@@ -138,7 +138,9 @@ def server_options(settings: Settings) -> dict:
         "workers_kill_timeout": GRACEFUL_SECONDS,
     }
     if settings.tls_certificate is not None:
-        options |= {"ssl_cert": settings.tls_certificate, "ssl_key": settings.tls_key}
+        # rustls: ECDHE key exchange and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305), whatever the version.
+        options |= {"ssl_cert": settings.tls_certificate, "ssl_key": settings.tls_key,
+                    "ssl_protocol_min": SSLProtocols(f"tls{settings.tls_min_version}")}
     return options
 
 

@@ -21,6 +21,7 @@ from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
 PIN_ENV = "HSMKMS_HSM_PIN"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 class SettingsError(Exception):
@@ -38,6 +39,7 @@ class Settings:
     body_timeout_seconds: int = 10  # a request body must arrive whole within this, or is answered 408
     tls_certificate: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
+    tls_min_version: str = "1.2"  # "1.2" or "1.3"
     # [kms]
     region: str = "cn-hangzhou"
     account_id: str = "1000000000000000"
@@ -134,6 +136,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("server", "body_timeout_seconds"): "body_timeout_seconds",
     ("server", "tls_certificate"): "tls_certificate",
     ("server", "tls_key"): "tls_key",
+    ("server", "tls_min_version"): "tls_min_version",
     ("kms", "region"): "region",
     ("kms", "account_id"): "account_id",
     ("hsm", "module"): "module",
@@ -237,6 +240,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("max_body_bytes must be positive")
     if settings.body_timeout_seconds < 1:
         raise SettingsError("[server] body_timeout_seconds must be positive")
+    if settings.tls_min_version not in TLS_VERSIONS:
+        raise SettingsError(f'[server] tls_min_version must be "1.2" or "1.3", not {settings.tls_min_version!r}')
     if settings.busy_timeout_ms < 1 or settings.hsm_wait_seconds < 1:
         raise SettingsError("[store] busy_timeout_ms and [hsm] wait_seconds must be positive")
     if settings.audit_max_bytes < 0 or settings.audit_backup_count < 0:
