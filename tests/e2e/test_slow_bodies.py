@@ -9,13 +9,16 @@ from the official SDKs on other connections are answered as usual, and the slow 
 from __future__ import annotations
 
 import json
+import uuid
 import socket
 import ssl
 import threading
 import time
+from urllib.parse import urlencode
 
 import pytest
 
+from hsmkms.api.auth import v1_signature, v1_string_to_sign
 from tests.e2e.sdk import LegacySdk, TeaSdk
 from tests.e2e.server import LiveServer, provision_server
 
@@ -156,3 +159,24 @@ def test_a_body_trickling_a_byte_a_second_is_cut_off_at_the_deadline(slow_server
     assert_request_timeout(answer)
     assert len(sent) >= DEADLINE_S - 2  # the body kept coming, a byte a second, and was cut off all the same
     assert DEADLINE_S - 0.5 < waited < DEADLINE_S + 3
+
+
+def test_a_signed_body_sent_in_chunks_with_pauses_is_answered(slow_server: LiveServer):
+    values = {"Action": "GenerateDataKey", "Version": "2016-01-20", "Format": "JSON",
+              "AccessKeyId": slow_server.access_key_id, "SignatureMethod": "HMAC-SHA1", "SignatureVersion": "1.0",
+              "SignatureNonce": uuid.uuid4().hex, "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "KeyId": slow_server.alias}
+    values["Signature"] = v1_signature(slow_server.access_key_secret, v1_string_to_sign("POST", values))
+    body = urlencode(values).encode()
+    with connect(slow_server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for start in range(0, len(body), 100):
+            piece = body[start:start + 100]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            time.sleep(DEADLINE_S / 20)  # slow, but whole within the deadline
+        sock.sendall(b"0\r\n\r\n")
+        answer = read_until_closed(sock)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), answer[:500]
+    assert b'"Plaintext"' in payload

@@ -61,7 +61,11 @@ class Protocol:
             await asyncio.sleep(3600)
         return b""
 
-    async def __call__(self) -> bytes:
+    # granian's protocol hands out futures (cancellable), not coroutines.
+    def __call__(self) -> asyncio.Future:
+        return asyncio.ensure_future(self._whole())
+
+    async def _whole(self) -> bytes:
         body = b""
         while chunk := await self._next():
             body += chunk
@@ -70,8 +74,8 @@ class Protocol:
     def __aiter__(self):
         return self
 
-    async def __anext__(self) -> bytes:
-        return await self._next()
+    def __anext__(self) -> asyncio.Future:
+        return asyncio.ensure_future(self._next())
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.answer = (status, headers, body)
