@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_CONFIG := config/dev.toml
 
-.PHONY: run test soak fuzz bench system-deps venv clean
+.PHONY: run run-cluster test soak fuzz bench system-deps venv clean
 
 TLS_ENV := $(if $(TLS),HSMKMS_SERVER_TLS_CERTIFICATE=var/tls/server.pem HSMKMS_SERVER_TLS_KEY=var/tls/server-key.pem)
 
@@ -16,7 +16,16 @@ run: system-deps venv
 	$(BIN)/hsmkms dev-setup --config $(DEV_CONFIG) --credentials var/dev-credentials.json $(if $(TLS),--tls)
 	$(TLS_ENV) exec $(BIN)/hsmkms serve --config $(DEV_CONFIG)
 
+# Three nodes (127.0.0.1:8081-8083) on one PostgreSQL database and one SoftHSM token, behind HAProxy on
+# 127.0.0.1:8080; writes var/dev-credentials.json as `make run` does.  Ctrl-C stops the cluster.
+run-cluster: system-deps venv
+	@scripts/install-system-deps.sh haproxy
+	exec $(BIN)/python scripts/run_cluster.py $(CLUSTER_ARGS)
+
+# The three-node test needs HAProxy, and PostgreSQL and Redis servers of its own (it restarts them); other tests
+# use HSMKMS_TEST_POSTGRES_URL / HSMKMS_TEST_REDIS_URL or the local services (tests/services.py).
 test: system-deps venv
+	@scripts/install-system-deps.sh postgresql redis-server haproxy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Load with verification: 64 clients for 60 s, restart, decrypt every blob; SOAK_ARGS="--crashes 3" kills

@@ -7,6 +7,7 @@ development server, gunicorn workers and tests.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,15 +32,15 @@ from hsmkms.errors import (
 from hsmkms.hsm.backend import HsmBackend
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.metrics import MeteredHsm, Metrics
-from hsmkms.service.access_keys import AccessKeyService
+from hsmkms.service.access_keys import SERVICE_KEY_ID, AccessKeyService
 from hsmkms.service.crypto import CryptoService
 from hsmkms.service.keys import Identity, KeyService
 from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.tags import TagService
 from hsmkms.service.watch import StoreWatch
 from hsmkms.settings import Settings
-from hsmkms.store.nonces import PAGES_PER_MIB, NonceStore
-from hsmkms.store.sqlite import SqliteStore
+from hsmkms.store.base import NonceCache, Store
+from hsmkms.store.choice import open_nonce_cache, open_store
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ class Runtime:
     """Everything a process needs to serve or administer: built once per process."""
 
     settings: Settings
-    store: SqliteStore
-    nonces: NonceStore
+    store: Store
+    nonces: NonceCache
     hsm: HsmBackend
     watch: StoreWatch
     services: Services
@@ -64,10 +65,14 @@ class Runtime:
 def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: Callable[[], float] = time.time,
                   metrics: Metrics | None = None) -> Runtime:
     settings.apply_process_environment()
-    store = SqliteStore(settings.database_path, settings.busy_timeout_ms)
+    store = open_store(settings)
     if hsm is None:
         hsm = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, settings.hsm_wait_seconds,
-                            lock_path=settings.data_dir / "hsm.lock")
+                            lock_path=settings.hsm_lock_path, profile=settings.hsm_profile,
+                            init_reserved=settings.init_reserved or None, deployment=settings.deployment,
+                            gcm_iv=settings.gcm_iv)
+        log.info("HSM: PKCS#11 module %s, token %r, profile %s, deployment %r", settings.module,
+                 settings.token_label, settings.hsm_profile.name, settings.deployment or "(default)")
     if metrics is not None:
         hsm = MeteredHsm(hsm, metrics)
     watch = StoreWatch(store)
@@ -75,13 +80,13 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
     keys = KeyService(store, hsm, identity, watch, clock)
     services = Services(
         keys=keys,
-        crypto=CryptoService(keys, hsm),
+        crypto=CryptoService(keys, hsm, token_iv=settings.gcm_iv == "token"),
         tags=TagService(keys),
-        access_keys=AccessKeyService(store, hsm, watch, clock),
+        access_keys=AccessKeyService(store, hsm, watch, clock, token_iv=settings.gcm_iv == "token"),
         maintenance=Maintenance(keys),
         identity=identity,
     )
-    nonces = NonceStore(settings.nonces_path, settings.nonce_table_mib * PAGES_PER_MIB)
+    nonces = open_nonce_cache(settings)
     return Runtime(settings, store, nonces, hsm, watch, services)
 
 
@@ -122,8 +127,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Applica
 
 
 def readiness(runtime: Runtime) -> tuple[bool, bytes]:
-    hsm_ok, store_ok = runtime.hsm.ping(), runtime.store.ping()
-    return hsm_ok and store_ok, f'{{"hsm":{str(hsm_ok).lower()},"store":{str(store_ok).lower()}}}'.encode()
+    # The HSM canary is the access-key service key: a real token object, restricted to GCM, every worker uses.
+    checks = {"hsm": runtime.hsm.ping(SERVICE_KEY_ID), "store": runtime.store.ping(), "nonces": runtime.nonces.ping()}
+    return all(checks.values()), json.dumps(checks, separators=(",", ":")).encode()
 
 
 def _operations_app(settings: Settings, runtime: Runtime, metrics: Metrics) -> Flask:

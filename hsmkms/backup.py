@@ -45,7 +45,13 @@ class BackupResult:
                 "with your HSM vendor's backup or cloning tools too: the keys are only there.")
 
 
+POSTGRES_ADVICE = ("the metadata is in PostgreSQL ([store] url): back it up with PostgreSQL's own tools (pg_dump, "
+                   "or base backups with WAL archiving), and the token with the HSM vendor's tools")
+
+
 def backup(settings: Settings, destination: Path) -> BackupResult:
+    if settings.uses_postgres:
+        raise BackupError(POSTGRES_ADVICE)
     if destination.exists() and any(destination.iterdir()):
         raise BackupError(f"{destination} is not empty")
     destination.mkdir(parents=True, exist_ok=True)
@@ -66,6 +72,8 @@ def backup(settings: Settings, destination: Path) -> BackupResult:
 
 def restore(settings: Settings, source: Path, force: bool = False) -> list[str]:
     """Put a backup back in place; the server must be stopped.  Returns what was restored."""
+    if settings.uses_postgres:
+        raise BackupError(POSTGRES_ADVICE)
     try:
         manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):

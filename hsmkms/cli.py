@@ -18,7 +18,7 @@ from hsmkms.app import Runtime
 from hsmkms.backup import BackupError
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
-from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy
+from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy, policy_warnings
 from hsmkms.service.keys import parse_rotation_interval, validate_alias_name
 from hsmkms.settings import Settings, SettingsError, load
 from hsmkms.store.base import StoreError
@@ -90,12 +90,13 @@ def init(config_path: Path | None) -> None:
 @click.option("--credentials", "credentials_file", type=click.Path(dir_okay=False, path_type=Path),
               required=True, help="Where to write the development credentials (JSON, mode 0600).")
 @click.option("--tls", is_flag=True, help="Also make a development CA and server certificate under <data_dir>/tls.")
-def dev_setup(config_path: Path | None, credentials_file: Path, tls: bool) -> None:
+@click.option("--endpoint", help="The HOST:PORT clients use (default: [server] listen), e.g. a load balancer's.")
+def dev_setup(config_path: Path | None, credentials_file: Path, tls: bool, endpoint: str | None) -> None:
     """Initialise and make sure a development access key and alias/dev exist (used by `make run`)."""
     settings = _settings(config_path)
     with _runtime(settings) as runtime:
         host, port = settings.listen_host_port
-        credentials = provision.dev_setup(runtime, credentials_file, f"{host}:{port}")
+        credentials = provision.dev_setup(runtime, credentials_file, endpoint or f"{host}:{port}")
     if tls:
         certificates = ensure_dev_certificates(settings.data_dir / "tls", (host, "localhost"))
         click.echo(DEV_TLS_BANNER.format(c=credentials, file=credentials_file, ca=certificates.ca_cert))
@@ -186,7 +187,7 @@ def key_create(runtime: Runtime, alias: str | None, description: str, rotation_i
         rotation_interval=None if rotation_interval is None else parse_rotation_interval(rotation_interval),
     )
     if alias is not None:
-        keys.create_alias(alias, record.key_id)
+        keys.create_alias(alias, record)
     click.echo(record.key_id)
 
 
@@ -221,7 +222,7 @@ def key_describe(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_enable(runtime: Runtime, key_ref: str) -> None:
     """Enable a disabled key."""
-    click.echo(runtime.services.keys.enable(key_ref).state)
+    click.echo(runtime.services.keys.enable(runtime.services.keys.resolve(key_ref)).state)
 
 
 @key.command("disable")
@@ -229,7 +230,7 @@ def key_enable(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_disable(runtime: Runtime, key_ref: str) -> None:
     """Disable a key: it can no longer encrypt or decrypt until enabled again."""
-    click.echo(runtime.services.keys.disable(key_ref).state)
+    click.echo(runtime.services.keys.disable(runtime.services.keys.resolve(key_ref)).state)
 
 
 @key.command("rotate")
@@ -237,7 +238,7 @@ def key_disable(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_rotate(runtime: Runtime, key_ref: str) -> None:
     """Create a new primary version; ciphertexts of every earlier version still decrypt."""
-    click.echo(runtime.services.keys.create_version(key_ref).version_id)
+    click.echo(runtime.services.keys.create_version(runtime.services.keys.resolve(key_ref)).version_id)
 
 
 @key.command("schedule-deletion")
@@ -246,7 +247,7 @@ def key_rotate(runtime: Runtime, key_ref: str) -> None:
 @with_runtime
 def key_schedule_deletion(runtime: Runtime, key_ref: str, days: int) -> None:
     """Schedule the destruction of a key after a waiting period (cancel with cancel-deletion)."""
-    record = runtime.services.keys.schedule_deletion(key_ref, days)
+    record = runtime.services.keys.schedule_deletion(runtime.services.keys.resolve(key_ref), days)
     click.echo(f"{record.key_id} will be destroyed at {iso_time(record.delete_at)}")
 
 
@@ -255,7 +256,7 @@ def key_schedule_deletion(runtime: Runtime, key_ref: str, days: int) -> None:
 @with_runtime
 def key_cancel_deletion(runtime: Runtime, key_ref: str) -> None:
     """Cancel a scheduled deletion; the key is enabled again."""
-    click.echo(runtime.services.keys.cancel_deletion(key_ref).state)
+    click.echo(runtime.services.keys.cancel_deletion(runtime.services.keys.resolve(key_ref)).state)
 
 
 @main.command("purge-due")
@@ -288,6 +289,32 @@ def doctor(runtime: Runtime, repair: bool) -> None:
         sys.exit(1)
 
 
+@main.group()
+def hsm() -> None:
+    """The PKCS#11 token."""
+
+
+@hsm.command("check")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.option("--rounds", type=click.IntRange(1, 100_000), default=200, show_default=True,
+              help="GCM round trips timed for the latency and throughput figures.")
+def hsm_check(config_path: Path | None, as_json: bool, rounds: int) -> None:
+    """Check that the token can serve hsmkms (before going live); exit 1 when it cannot."""
+    from hsmkms.hsm.pkcs11.check import run_check
+
+    settings = _settings(config_path)
+    settings.apply_process_environment()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with _operator_errors():
+        report = run_check(settings.module, settings.token_label, settings.read_pin, profile=settings.hsm_profile,
+                           init_reserved=settings.init_reserved or None, deployment=settings.deployment,
+                           gcm_iv=settings.gcm_iv, lock_path=settings.data_dir / "hsm.lock", rounds=rounds)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.table())
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command("backup")
 @config_option
 @click.option("--to", "destination", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -311,6 +338,27 @@ def restore_command(config_path: Path | None, source: Path, force: bool) -> None
     with _operator_errors():
         for line in backup.restore(settings, source, force):
             click.echo(line)
+
+
+@main.command("migrate-store")
+@config_option
+def migrate_store_command(config_path: Path | None) -> None:
+    """Copy the SQLite metadata ([store] path) into the new PostgreSQL database ([store] url).
+
+    Stop the server first; start the nodes on PostgreSQL afterwards."""
+    from hsmkms.migrate_store import MigrationError, migrate_store  # psycopg only for the commands that need it
+
+    settings = _settings(config_path)
+    try:
+        with _operator_errors():
+            copied = migrate_store(settings)
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    for table, count in copied.items():
+        click.echo(f"{table}: {count} rows")
+    click.echo(f"the metadata is in PostgreSQL now; {settings.database_path} was left as it was. Nonces were "
+               f"not carried over: keep the service stopped {settings.clock_skew_seconds} s after the last "
+               "request to the old store if a replay of a request signed before the move matters.")
 
 
 @main.group("access-key")
@@ -380,6 +428,7 @@ def access_key_policy_set(runtime: Runtime, access_key_id: str, policy_file) -> 
         policy = runtime.services.access_keys.set_policy(access_key_id, policy_file.read())
     except PolicyError as exc:
         raise click.ClickException(f"invalid policy: {exc}") from None
+    _warn_about(policy)
     click.echo(policy.to_json())
 
 
@@ -393,9 +442,17 @@ def access_key_policy_show(runtime: Runtime, access_key_id: str) -> None:
 
 def _read_policy(policy_file) -> Policy:
     try:
-        return parse_policy(policy_file.read())
+        policy = parse_policy(policy_file.read())
     except PolicyError as exc:
         raise click.ClickException(f"invalid policy: {exc}") from None
+    _warn_about(policy)
+    return policy
+
+
+def _warn_about(policy: Policy) -> None:
+    """A valid policy that does less than it seems to is stored as given, with a warning on stderr."""
+    for warning in policy_warnings(policy):
+        click.echo(f"warning: {warning}", err=True)
 
 
 if __name__ == "__main__":

@@ -164,8 +164,8 @@ class MeteredHsm:
     def close(self) -> None:
         self._backend.close()
 
-    def ping(self) -> bool:
-        return self._backend.ping()
+    def ping(self, canary_id: str) -> bool:
+        return self._backend.ping(canary_id)
 
     def random(self, length: int) -> bytes:
         return self._timed("random", lambda: self._backend.random(length))
@@ -182,11 +182,20 @@ class MeteredHsm:
     def list_key_ids(self) -> dict[str, str]:
         return self._backend.list_key_ids()
 
+    def foreign_objects(self) -> list[str]:
+        return self._backend.foreign_objects()
+
     def key_info(self, object_id: str) -> KeyObjectInfo:
         return self._backend.key_info(object_id)
 
+    def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
+        return self._backend.allowed_mechanisms(object_id)
+
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self._timed("encrypt", lambda: self._backend.gcm_encrypt(object_id, iv, plaintext, aad))
+
+    def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        return self._timed("encrypt", lambda: self._backend.gcm_encrypt_token_iv(object_id, plaintext, aad))
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         return self._timed("decrypt", lambda: self._backend.gcm_decrypt(object_id, iv, sealed, aad))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def init(settings: Settings) -> Runtime:
     ensure_softhsm_token(settings)
     runtime = build_runtime(settings)
     runtime.store.migrate()
+    runtime.nonces.prepare(time.time())
     runtime.hsm.open()
     runtime.services.access_keys.ensure_service_key()
     return runtime
@@ -111,7 +113,7 @@ def dev_setup(runtime: Runtime, credentials_file: Path, endpoint: str) -> DevCre
             key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
             protection_level="HSM", description="development key (make run)",
         )
-        services.keys.create_alias(DEV_ALIAS, key.key_id)
+        services.keys.create_alias(DEV_ALIAS, key)
     credentials = DevCredentials(endpoint, access_key_id, secret, DEV_ALIAS)
     write_private(credentials_file, credentials.as_json())
     return credentials

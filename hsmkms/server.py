@@ -56,8 +56,7 @@ def preflight(settings: Settings) -> None:
         runtime.store.migrate()
         runtime.hsm.open()
         runtime.services.access_keys.ensure_service_key()
-        if runtime.nonces.resize(time.time()):
-            log.info("the nonce table now has %d MiB ([auth] nonce_table_mib)", settings.nonce_table_mib)
+        runtime.nonces.prepare(time.time())
         for legacy in ("nonces.db", "nonces.db-wal", "nonces.db-shm"):  # left by versions that kept nonces in SQLite
             (settings.data_dir / legacy).unlink(missing_ok=True)
     finally:
@@ -87,7 +86,8 @@ def worker_app(settings: Settings) -> Application:
         app.runtime.hsm.open()
     except HsmError as exc:  # the requests will answer 503 and the backend reconnects by itself
         log.error("worker %d could not open the HSM: %s", os.getpid(), exc)
-    Scheduler(app.runtime.services.maintenance, settings.scheduler_interval_seconds).start()
+    Scheduler(app.runtime.services.maintenance, settings.scheduler_interval_seconds,
+              app.runtime.store.job_lock()).start()
     app.metrics.start_flushing()
     if settings.metrics_listen:
         threading.Thread(target=_heartbeat, args=(app, run_directory(settings)), name="hsmkms-heartbeat",

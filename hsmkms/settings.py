@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsmkms.hsm.namespace import DEPLOYMENT_NAME
+from hsmkms.hsm.profiles import PROFILES, TokenProfile, profile_for
 from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
 PIN_ENV = "HSMKMS_HSM_PIN"
@@ -48,14 +51,22 @@ class Settings:
     hsm_wait_seconds: int = 10  # longest wait for the HSM before a request answers 503
     token_label: str = "hsmkms"
     pin_file: Path | None = None
+    hsm_lock_file: Path | None = None  # default: <data_dir>/hsm.lock
+    hsm_profile_name: str = ""  # softhsm, nss or generic; "" = by the module's file name (generic if unknown)
+    init_reserved: str = ""  # C_Initialize's pReserved: NSS softoken's database ("" = NULL)
+    deployment: str = ""  # names this deployment's objects on a shared token; "" = the default deployment
+    gcm_iv: str = "host"  # who makes GCM IVs: "host" (the token's RNG, blob format 1) or "token" (format 2)
     # [hsm.softhsm] -- present when hsmkms manages a SoftHSM token of its own
     softhsm_token_dir: Path | None = None
     # [store]
     database: Path | None = None  # default: <data_dir>/hsmkms.db
+    store_url: str = ""  # postgresql://...: the metadata in PostgreSQL (several nodes); "": SQLite at database
+    store_pool_size: int = 4  # PostgreSQL connections each server worker keeps at most
     busy_timeout_ms: int = 5000  # how long a write waits for another's lock before answering 503
     # [auth]
     clock_skew_seconds: int = 900
     nonce_table_mib: int = 128  # the shared nonce table: about 75,000 nonces a MiB
+    nonce_url: str = ""  # redis://... or postgresql://...; "": the file table (SQLite) or the store's database
     # [metrics]
     metrics_listen: str = ""  # host:port of a separate listener for /metrics, /healthz, /readyz; "" = main one
     # [audit]
@@ -74,8 +85,18 @@ class Settings:
         return self.database or self.data_dir / "hsmkms.db"
 
     @property
+    def uses_postgres(self) -> bool:
+        return bool(self.store_url)
+
+    @property
     def nonces_path(self) -> Path:
         return self.data_dir / "nonces.bin"
+
+    @property
+    def hsm_lock_path(self) -> Path:
+        """The file lock that processes using the token take around its writes (SoftHSM needs it): every
+        process on one token must name the same file, nodes on one machine too (make run-cluster)."""
+        return self.hsm_lock_file or self.data_dir / "hsm.lock"
 
     @property
     def scheme(self) -> str:
@@ -88,6 +109,10 @@ class Settings:
     @property
     def softhsm_conf_path(self) -> Path | None:
         return None if self.softhsm_token_dir is None else self.data_dir / "softhsm2.conf"
+
+    @property
+    def hsm_profile(self) -> TokenProfile:
+        return profile_for(self.module, self.hsm_profile_name)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -143,11 +168,19 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("hsm", "token_label"): "token_label",
     ("hsm", "pin_file"): "pin_file",
     ("hsm", "wait_seconds"): "hsm_wait_seconds",
+    ("hsm", "lock_file"): "hsm_lock_file",
+    ("hsm", "profile"): "hsm_profile_name",
+    ("hsm", "init_reserved"): "init_reserved",
+    ("hsm", "deployment"): "deployment",
+    ("hsm", "gcm_iv"): "gcm_iv",
     ("hsm.softhsm", "token_dir"): "softhsm_token_dir",
     ("store", "path"): "database",
+    ("store", "url"): "store_url",
+    ("store", "pool_size"): "store_pool_size",
     ("store", "busy_timeout_ms"): "busy_timeout_ms",
     ("auth", "clock_skew_seconds"): "clock_skew_seconds",
     ("auth", "nonce_table_mib"): "nonce_table_mib",
+    ("auth", "nonce_url"): "nonce_url",
     ("scheduler", "interval_seconds"): "scheduler_interval_seconds",
     ("metrics", "listen"): "metrics_listen",
     ("audit", "path"): "audit_path",
@@ -155,9 +188,11 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("audit", "backup_count"): "audit_backup_count",
     ("log", "level"): "log_level",
 }
-_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key"}
-_INT_FIELDS = {"workers", "max_body_bytes", "body_timeout_seconds", "busy_timeout_ms", "hsm_wait_seconds", "clock_skew_seconds",
-               "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes", "audit_backup_count"}
+_PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key",
+                "hsm_lock_file"}
+_INT_FIELDS = {"workers", "max_body_bytes", "body_timeout_seconds", "busy_timeout_ms", "store_pool_size",
+               "hsm_wait_seconds", "clock_skew_seconds", "nonce_table_mib", "scheduler_interval_seconds",
+               "audit_max_bytes", "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -220,6 +255,24 @@ def load(path: str | os.PathLike | None = None, environ: dict[str, str] | None =
     return settings
 
 
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _validate_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """Empty, or a URL of one of ``schemes`` without a password (secrets stay out of configuration and URLs:
+    libpq reads PGPASSWORD or ~/.pgpass, the Redis client REDISCLI_AUTH)."""
+    if not url:
+        return
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme not in schemes:
+        raise SettingsError(f"{name} must start with {' or '.join(s + '://' for s in schemes)}")
+    credentials, at, _ = rest.split("/", 1)[0].rpartition("@")
+    if at and ":" in credentials or re.search(r"[?&]password=", rest):
+        raise SettingsError(f"{name} must not hold a password: use PGPASSWORD or ~/.pgpass for PostgreSQL, "
+                            "REDISCLI_AUTH for Redis")
+
+
 def _validate(settings: Settings) -> None:
     for name, address in (("listen", settings.listen), ("[metrics] listen", settings.metrics_listen)):
         if name != "listen" and not address:
@@ -255,9 +308,20 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("clock_skew_seconds must be positive")
     if not 1 <= settings.nonce_table_mib <= MAX_NONCE_TABLE_MIB:
         raise SettingsError(f"[auth] nonce_table_mib must be 1 to {MAX_NONCE_TABLE_MIB}")
+    _validate_url("[store] url", settings.store_url, POSTGRES_SCHEMES)
+    _validate_url("[auth] nonce_url", settings.nonce_url, POSTGRES_SCHEMES + REDIS_SCHEMES)
+    if not 1 <= settings.store_pool_size <= 100:
+        raise SettingsError("[store] pool_size must be 1 to 100")
     if not settings.region or ":" in settings.region:
         raise SettingsError(f"region is not valid: {settings.region!r}")
     if not (settings.account_id.isascii() and settings.account_id.isdigit()):
         raise SettingsError(f"account_id must be digits: {settings.account_id!r}")
     if len(settings.token_label.encode()) > 32:
         raise SettingsError("token_label has at most 32 bytes")
+    if settings.deployment and not DEPLOYMENT_NAME.match(settings.deployment):
+        raise SettingsError("[hsm] deployment is 1-32 lowercase letters, digits, '-' or '_', starting with a letter "
+                            f"or digit, not {settings.deployment!r}")
+    if settings.gcm_iv not in ("host", "token"):
+        raise SettingsError(f'[hsm] gcm_iv must be "host" or "token", not {settings.gcm_iv!r}')
+    if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:
+        raise SettingsError(f"[hsm] profile must be one of {', '.join(PROFILES)}, not {settings.hsm_profile_name!r}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hsmkms.api.authorize import (
+    Access,
     Touches,
     on_account,
     on_alias,
@@ -23,8 +24,10 @@ from hsmkms.api.authorize import (
 from hsmkms.api.params import Params
 from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
-from hsmkms.service.crypto import CryptoService, Sealed
+from hsmkms.service.crypto import CryptoService, Located, Sealed
+from hsmkms.service.export import WrappingKey, wrapping_key
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
+from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.maintenance import Maintenance
 from hsmkms.service.states import KeyState
 from hsmkms.service.tags import (
@@ -58,11 +61,31 @@ class Services:
 
 @dataclass(frozen=True)
 class Call:
-    """One authenticated call as a handler sees it."""
+    """One authenticated, authorized call as a handler sees it: it acts on what authorization resolved."""
 
     services: Services
     params: Params
     access_key_id: str
+    access: Access
+
+    def key(self, *names: str) -> KeyRecord:
+        """The key named by the first of ``names`` (KeyId by default) the request gave, resolved once."""
+        names = names or ("KeyId",)
+        key = self.access.key(*names)
+        if key is None:
+            raise MissingParameter(names[-1])
+        return key
+
+    def listed_keys(self) -> list[KeyRecord]:
+        """Every key of the flattened list the action takes (``ResourceId.N``), in index order."""
+        return [lookup.record() for lookup in self.access.listed]
+
+    def blob(self) -> Located:
+        """The CiphertextBlob, decoded once, with the key version and key it names."""
+        self.params.required("CiphertextBlob")
+        if self.access.located is None:
+            raise self.access.missing or MissingParameter("CiphertextBlob")
+        return self.access.located
 
 
 Handler = Callable[[Call], dict]
@@ -159,7 +182,7 @@ def data_key_length(params: Params) -> int:
 @action(on_key("KeyId"))
 def GenerateDataKey(call: Call) -> dict:
     p = call.params
-    data_key = call.services.crypto.generate_data_key(p.required("KeyId"), data_key_length(p), p.context())
+    data_key = call.services.crypto.generate_data_key(call.key(), data_key_length(p), p.context())
     return {**sealed_fields(data_key.sealed), "Plaintext": data_key.plaintext_b64}
 
 
@@ -167,7 +190,7 @@ def GenerateDataKey(call: Call) -> dict:
 def GenerateDataKeyWithoutPlaintext(call: Call) -> dict:
     p = call.params
     data_key = call.services.crypto.generate_data_key(
-        p.required("KeyId"), data_key_length(p), p.context(), action="GenerateDataKeyWithoutPlaintext"
+        call.key(), data_key_length(p), p.context(), action="GenerateDataKeyWithoutPlaintext"
     )
     return sealed_fields(data_key.sealed)
 
@@ -178,13 +201,13 @@ def Encrypt(call: Call) -> dict:
     plaintext = p.required("Plaintext")
     if len(plaintext.encode("utf-8", "surrogatepass")) > MAX_ENCRYPT_PLAINTEXT_BYTES:
         raise InvalidParameter("Plaintext", f"It must not exceed {MAX_ENCRYPT_PLAINTEXT_BYTES} bytes.")
-    return sealed_fields(call.services.crypto.encrypt(p.required("KeyId"), plaintext, p.context()))
+    return sealed_fields(call.services.crypto.encrypt(call.key(), plaintext, p.context()))
 
 
 @action(on_blob)
 def Decrypt(call: Call) -> dict:
     p = call.params
-    opened = call.services.crypto.decrypt(p.required("CiphertextBlob"), p.context())
+    opened = call.services.crypto.decrypt(call.blob(), p.context())
     return {"KeyId": opened.key_id, "KeyVersionId": opened.key_version_id, "Plaintext": opened.plaintext}
 
 
@@ -194,17 +217,35 @@ def ReEncrypt(call: Call) -> dict:
     if p.optional("SourceEncryptionAlgorithm") or p.optional("SourceKeyVersionId"):
         raise InvalidParameter("SourceEncryptionAlgorithm", "Only symmetric ciphertext can be re-encrypted here.")
     sealed = call.services.crypto.re_encrypt(
-        p.required("CiphertextBlob"), p.context("SourceEncryptionContext"), p.required("DestinationKeyId"),
+        call.blob(), p.context("SourceEncryptionContext"), call.key("DestinationKeyId"),
         p.context("DestinationEncryptionContext"),
     )
     return sealed_fields(sealed)
 
 
+def wrapping_key_param(p: Params) -> WrappingKey:
+    return wrapping_key(p.required("PublicKeyBlob"), p.required("WrappingKeySpec"), p.required("WrappingAlgorithm"))
+
+
+@action(on_key("KeyId"))
+def GenerateAndExportDataKey(call: Call) -> dict:
+    p = call.params
+    wrapping = wrapping_key_param(p)
+    data_key, exported = call.services.crypto.generate_and_export_data_key(
+        call.key(), data_key_length(p), p.context(), wrapping)
+    return {**sealed_fields(data_key.sealed), "ExportedDataKey": exported}
+
+
+@action(on_blob)
+def ExportDataKey(call: Call) -> dict:
+    p = call.params
+    wrapping = wrapping_key_param(p)
+    exported = call.services.crypto.export_data_key(call.blob(), p.context(), wrapping)
+    return {"KeyId": exported.key_id, "KeyVersionId": exported.key_version_id,
+            "ExportedDataKey": exported.exported_data_key}
+
+
 # --- keys ----------------------------------------------------------------------------------------------
-
-
-def key_id_param(p: Params) -> str:
-    return p.required("KeyId")
 
 
 @action(on_account())
@@ -232,7 +273,7 @@ def CreateKey(call: Call) -> dict:
 
 @action(on_key("KeyId"))
 def DescribeKey(call: Call) -> dict:
-    key = call.services.keys.usable(key_id_param(call.params), "DescribeKey")
+    key = call.services.keys.describe(call.key())
     return {"KeyMetadata": key_metadata(key, call.services.identity)}
 
 
@@ -286,13 +327,13 @@ def ListKeys(call: Call) -> dict:
 
 @action(on_key("KeyId"))
 def EnableKey(call: Call) -> dict:
-    call.services.keys.enable(key_id_param(call.params))
+    call.services.keys.enable(call.key())
     return {}
 
 
 @action(on_key("KeyId"))
 def DisableKey(call: Call) -> dict:
-    call.services.keys.disable(key_id_param(call.params))
+    call.services.keys.disable(call.key())
     return {}
 
 
@@ -300,7 +341,7 @@ def DisableKey(call: Call) -> dict:
 def UpdateKeyDescription(call: Call) -> dict:
     p = call.params
     description = p.text("Description", MAX_DESCRIPTION_CHARS, required=True)
-    call.services.keys.update_description(key_id_param(p), description)
+    call.services.keys.update_description(call.key(), description)
     return {}
 
 
@@ -308,11 +349,9 @@ def UpdateKeyDescription(call: Call) -> dict:
 def SetDeletionProtection(call: Call) -> dict:
     p = call.params
     enabled = p.boolean("EnableDeletionProtection", required=True)
-    key_ref = p.optional("KeyId") or p.optional("ProtectedResourceArn")
-    if key_ref is None:
-        raise MissingParameter("ProtectedResourceArn")
+    key = call.key("KeyId", "ProtectedResourceArn")
     description = p.text("DeletionProtectionDescription", MAX_DESCRIPTION_CHARS)
-    call.services.keys.set_deletion_protection(key_ref, enabled, description)
+    call.services.keys.set_deletion_protection(key, enabled, description)
     return {}
 
 
@@ -320,13 +359,13 @@ def SetDeletionProtection(call: Call) -> dict:
 def ScheduleKeyDeletion(call: Call) -> dict:
     p = call.params
     days = p.integer("PendingWindowInDays", 7, 366, required=True)
-    call.services.keys.schedule_deletion(key_id_param(p), days)
+    call.services.keys.schedule_deletion(call.key(), days)
     return {}
 
 
 @action(on_key("KeyId"))
 def CancelKeyDeletion(call: Call) -> dict:
-    call.services.keys.cancel_deletion(key_id_param(call.params))
+    call.services.keys.cancel_deletion(call.key())
     return {}
 
 
@@ -336,7 +375,7 @@ def UpdateRotationPolicy(call: Call) -> dict:
     enabled = p.boolean("EnableAutomaticRotation", required=True)
     interval = p.optional("RotationInterval")
     seconds = parse_rotation_interval(interval) if enabled and interval is not None else None
-    call.services.keys.update_rotation_policy(key_id_param(p), enabled, seconds)
+    call.services.keys.update_rotation_policy(call.key(), enabled, seconds)
     return {}
 
 
@@ -345,14 +384,14 @@ def UpdateRotationPolicy(call: Call) -> dict:
 
 @action(on_key("KeyId"))
 def CreateKeyVersion(call: Call) -> dict:
-    version = call.services.keys.create_version(key_id_param(call.params))
+    version = call.services.keys.create_version(call.key())
     return {"KeyVersion": version_entry(version)}
 
 
 @action(on_key("KeyId"))
 def DescribeKeyVersion(call: Call) -> dict:
     p = call.params
-    version = call.services.keys.describe_version(key_id_param(p), p.required("KeyVersionId"))
+    version = call.services.keys.describe_version(call.key(), p.required("KeyVersionId"))
     return {"KeyVersion": version_entry(version)}
 
 
@@ -360,30 +399,34 @@ def DescribeKeyVersion(call: Call) -> dict:
 def ListKeyVersions(call: Call) -> dict:
     p = call.params
     page = p.page(max_size=101)
-    versions, total = call.services.keys.list_versions(key_id_param(p), (page[0] - 1) * page[1], page[1])
+    versions, total = call.services.keys.list_versions(call.key(), (page[0] - 1) * page[1], page[1])
     return paged("KeyVersions", "KeyVersion", [version_entry(v) for v in versions], total, page)
 
 
 # --- aliases -------------------------------------------------------------------------------------------
 
 
-@action(on_alias("KeyId"))
+@action(on_alias("KeyId", current_key=False))
 def CreateAlias(call: Call) -> dict:
     p = call.params
-    call.services.keys.create_alias(p.required("AliasName"), key_id_param(p))
+    alias_name = p.required("AliasName")
+    call.services.keys.create_alias(alias_name, call.key())
     return {}
 
 
 @action(on_alias("KeyId"))
 def UpdateAlias(call: Call) -> dict:
     p = call.params
-    call.services.keys.update_alias(p.required("AliasName"), key_id_param(p))
+    alias_name = p.required("AliasName")
+    new_key = call.key()
+    call.services.keys.update_alias(alias_name, call.key("AliasName"), new_key)
     return {}
 
 
 @action(on_alias())
 def DeleteAlias(call: Call) -> dict:
-    call.services.keys.delete_alias(call.params.required("AliasName"))
+    alias_name = call.params.required("AliasName")
+    call.services.keys.delete_alias(alias_name, call.key("AliasName"))
     return {}
 
 
@@ -398,7 +441,7 @@ def ListAliases(call: Call) -> dict:
 def ListAliasesByKeyId(call: Call) -> dict:
     p = call.params
     page = p.page(max_size=101)
-    aliases, total = call.services.keys.list_aliases((page[0] - 1) * page[1], page[1], key_id_param(p))
+    aliases, total = call.services.keys.list_aliases((page[0] - 1) * page[1], page[1], call.key())
     return paged("Aliases", "Alias", [alias_entry(a, call.services.identity) for a in aliases], total, page)
 
 
@@ -408,31 +451,31 @@ TAG_RESOURCE_TYPES = {"key"}
 TAG_PAGE_SIZE = 50
 
 
-def only_keys(p: Params) -> str:
+def only_keys(call: Call) -> KeyRecord:
     """The single-resource tag calls name a key, a secret or a certificate; only keys exist here."""
     for other in ("SecretName", "CertificateId"):
-        if p.optional(other):
+        if call.params.optional(other):
             raise InvalidParameter(other, "Only keys can be tagged here.")
-    return key_id_param(p)
+    return call.key()
 
 
 @action(on_key("KeyId"))
 def TagResource(call: Call) -> dict:
     p = call.params
-    call.services.tags.tag(only_keys(p), parse_tags(p.json("Tags", TAGS_HINT, required=True)))
+    call.services.tags.tag(only_keys(call), parse_tags(p.json("Tags", TAGS_HINT, required=True)))
     return {}
 
 
 @action(on_key("KeyId"))
 def UntagResource(call: Call) -> dict:
     p = call.params
-    call.services.tags.untag(only_keys(p), parse_tag_keys(p.json("TagKeys", TAG_KEYS_HINT, required=True)))
+    call.services.tags.untag(only_keys(call), parse_tag_keys(p.json("TagKeys", TAG_KEYS_HINT, required=True)))
     return {}
 
 
 @action(on_key("KeyId"))
 def ListResourceTags(call: Call) -> dict:
-    tags = call.services.tags.tags_of(key_id_param(call.params))
+    tags = call.services.tags.tags_of(call.key())
     return {"Tags": {"Tag": [{"KeyId": t.key_id, "TagKey": t.tag_key, "TagValue": t.tag_value} for t in tags]}}
 
 
@@ -449,32 +492,31 @@ def tag_resources_scope(call: Call) -> Params:
 @action(on_keys("ResourceId"))
 def TagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
-    resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
+    resources = call.listed_keys() or [p.required("ResourceId.1")]
     pairs = p.indexed_pairs("Tag", "Key", "Value") or [(p.required("Tag.1.Key"), None)]
     tags = validate_tags([(k, v or "") for k, v in pairs], "Tag")
-    for resource in resources:
-        call.services.tags.tag(resource, tags, action="TagResources")
+    for key in resources:
+        call.services.tags.tag(key, tags, action="TagResources")
     return {}
 
 
 @action(on_keys("ResourceId"))
 def UntagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
-    resources = p.indexed("ResourceId") or [p.required("ResourceId.1")]
+    resources = call.listed_keys() or [p.required("ResourceId.1")]
     remove_all = p.boolean("All")
     tag_keys = None if remove_all else (p.indexed("TagKey") or [p.required("TagKey.1")])
-    for resource in resources:
-        call.services.tags.untag(resource, tag_keys, action="UntagResources")
+    for key in resources:
+        call.services.tags.untag(key, tag_keys, action="UntagResources")
     return {}
 
 
 @action(on_keys("ResourceId"))
 def ListTagResources(call: Call) -> dict:
     p = tag_resources_scope(call)
-    resources = p.indexed("ResourceId")
     wanted = p.indexed_pairs("Tag", "Key", "Value")
     start = p.integer("NextToken", 0, 10**9, default=0)
-    found = call.services.tags.find(resources, wanted)
+    found = call.services.tags.find(call.listed_keys(), wanted)
     page = found[start:start + TAG_PAGE_SIZE]
     more = start + TAG_PAGE_SIZE < len(found)
     return {
@@ -484,3 +526,30 @@ def ListTagResources(call: Call) -> dict:
         ]},
         "NextToken": str(start + TAG_PAGE_SIZE) if more else "",
     }
+
+
+# --- account and utilities -----------------------------------------------------------------------------
+
+MAX_EXCLUDED_CHARACTERS = 1024
+
+
+@action(on_account())
+def GetRandomPassword(call: Call) -> dict:
+    p = call.params
+    rules = PasswordRules(
+        length=p.integer("PasswordLength", MIN_LENGTH, MAX_LENGTH, default=DEFAULT_LENGTH),
+        excluded_types=frozenset(name for name in CHARACTER_TYPES if p.boolean(f"Exclude{name}")),
+        excluded_characters=p.text("ExcludeCharacters", MAX_EXCLUDED_CHARACTERS),
+        require_each_type=p.boolean("RequireEachIncludedType"),
+    )
+    return {"RandomPassword": call.services.crypto.random_password(rules)}
+
+
+@action(on_account())
+def DescribeRegions(call: Call) -> dict:
+    return {"Regions": {"Region": [{"RegionId": call.services.identity.region}]}}
+
+
+@action(on_account())
+def DescribeAccountKmsStatus(call: Call) -> dict:
+    return {"AccountStatus": "Enabled"}

@@ -212,6 +212,10 @@ class Authenticator:
         nonce = headers.get("x-acs-signature-nonce") or _missing("x-acs-signature-nonce")
         payload_hash = headers.get("x-acs-content-sha256") or _missing("x-acs-content-sha256")
         unsigned = {"host", *(name for name in headers if name.startswith("x-acs-"))} - set(parsed.signed_headers)
+        if request.body and "content-type" not in parsed.signed_headers:
+            # Content-Type decides whether the body's parameters are read at all: unsigned, it could be changed
+            # in transit to drop them (an EncryptionContext, say) while the signature still held.
+            unsigned.add("content-type")
         if unsigned:
             raise IncompleteSignature(f"SignedHeaders must include {', '.join(sorted(unsigned))}.")
         credential = self._credentials(parsed.access_key_id)

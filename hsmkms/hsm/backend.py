@@ -24,6 +24,11 @@ class HsmKeyMissing(HsmUnavailable):
     (restored from an old backup, or gone), so callers see it as unavailability, not as their fault."""
 
 
+class HsmConfigurationError(HsmError):
+    """The token refused what it was asked (a mechanism, a parameter, a template): hsmkms or the token is
+    configured wrongly.  Not a fault of the device: the session stays open."""
+
+
 class HsmAuthFailed(HsmError):
     """The PIN was refused (wrong, locked or expired)."""
 
@@ -42,6 +47,7 @@ class KeyObjectInfo:
     private: bool
     sensitive: bool
     extractable: bool
+    modifiable: bool
     always_sensitive: bool
     never_extractable: bool
     encrypt: bool
@@ -52,6 +58,8 @@ class KeyObjectInfo:
     verify: bool
     derive: bool
     key_bits: int
+    # CKA_ALLOWED_MECHANISMS by name, e.g. ("AES_GCM",); () = any mechanism; None = the token has no such attribute
+    allowed_mechanisms: tuple[str, ...] | None
 
 
 class HsmBackend(Protocol):
@@ -60,8 +68,8 @@ class HsmBackend(Protocol):
 
     def close(self) -> None: ...
 
-    def ping(self) -> bool:
-        """True when the token answers and the session is logged in."""
+    def ping(self, canary_id: str) -> bool:
+        """True when the token serves: a real GCM encrypt and decrypt with the key ``canary_id`` (cached briefly)."""
 
     def random(self, length: int) -> bytes:
         """``length`` bytes from the token's RNG (C_GenerateRandom)."""
@@ -74,12 +82,21 @@ class HsmBackend(Protocol):
     def has_key(self, object_id: str) -> bool: ...
 
     def list_key_ids(self) -> dict[str, str]:
-        """Every hsmkms-made key object in the token: object id -> label."""
+        """Every key object of this deployment in the token: object id -> label (as given at creation)."""
+
+    def foreign_objects(self) -> list[str]:
+        """Token labels of hsmkms objects of other deployments, as of the last list_key_ids."""
 
     def key_info(self, object_id: str) -> KeyObjectInfo: ...
 
+    def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
+        """The key's CKA_ALLOWED_MECHANISMS by name; () = unrestricted; None = the token has no such attribute."""
+
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         """AES-GCM inside the token; returns ciphertext || 16-byte tag."""
+
+    def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
+        """AES-GCM inside the token with an IV the token makes; returns (IV, ciphertext || 16-byte tag)."""
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         """Inverse of gcm_encrypt; raises DecryptionFailed when the tag does not verify."""

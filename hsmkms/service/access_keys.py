@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from hsmkms.errors import ForbiddenAccessKey, InvalidAccessKeyIdNotFound
 from hsmkms.hsm.backend import HsmBackend
-from hsmkms.policy import ALLOW_ALL, Policy, parse_policy
+from hsmkms.policy import ALLOW_ALL, Policy, load_stored_policy, parse_policy
 from hsmkms.service.watch import Cache, StoreWatch
 from hsmkms.store.base import AccessKeyRecord, Store
 
@@ -44,9 +44,11 @@ def _aad(access_key_id: str) -> bytes:
 
 
 class AccessKeyService:
-    def __init__(self, store: Store, hsm: HsmBackend, watch: StoreWatch, clock: Callable[[], float]):
+    def __init__(self, store: Store, hsm: HsmBackend, watch: StoreWatch, clock: Callable[[], float],
+                 token_iv: bool = False):
         self.store = store
         self.hsm = hsm
+        self.token_iv = token_iv  # [hsm] gcm_iv = "token": the token makes the IV (any length the store keeps)
         self.watch = watch
         self.clock = clock
         self._credentials: Cache[str, Credential] = Cache(watch)
@@ -60,8 +62,11 @@ class AccessKeyService:
         """A new enabled access key; the secret is returned here once and stored only sealed."""
         access_key_id = ID_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(ID_RANDOM_CHARS))
         secret = "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS))
-        iv = self.hsm.random(IV_LEN)
-        sealed = self.hsm.gcm_encrypt(SERVICE_KEY_ID, iv, secret.encode("ascii"), _aad(access_key_id))
+        if self.token_iv:
+            iv, sealed = self.hsm.gcm_encrypt_token_iv(SERVICE_KEY_ID, secret.encode("ascii"), _aad(access_key_id))
+        else:
+            iv = self.hsm.random(IV_LEN)
+            sealed = self.hsm.gcm_encrypt(SERVICE_KEY_ID, iv, secret.encode("ascii"), _aad(access_key_id))
         self.store.create_access_key(AccessKeyRecord(
             access_key_id, iv, sealed, "Enabled", description, int(self.clock()), policy.to_json()))
         self.watch.invalidate()
@@ -83,7 +88,7 @@ class AccessKeyService:
         record = self.store.get_access_key(access_key_id)
         if record is None:
             raise InvalidAccessKeyIdNotFound()
-        return ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+        return ALLOW_ALL if record.policy is None else load_stored_policy(record.policy)
 
     def _changed(self, found: bool) -> None:
         if not found:
@@ -107,7 +112,7 @@ class AccessKeyService:
         if record is None:
             return None
         secret = self.hsm.gcm_decrypt(SERVICE_KEY_ID, record.secret_iv, record.secret_sealed, _aad(access_key_id))
-        policy = ALLOW_ALL if record.policy is None else parse_policy(record.policy)
+        policy = ALLOW_ALL if record.policy is None else load_stored_policy(record.policy)
         return Credential(access_key_id, secret.decode("ascii"), record.state == "Enabled", policy)
 
     def list(self) -> list[AccessKeyRecord]:

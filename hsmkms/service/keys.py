@@ -21,6 +21,7 @@ from hsmkms.errors import (
     InvalidParameter,
     KeyNotFound,
     KeyVersionNotFound,
+    KmsError,
     MissingParameter,
     StateModifiedFailed,
 )
@@ -64,6 +65,21 @@ class Identity:
 
     def alias_arn(self, alias_name: str) -> str:
         return f"acs:kms:{self.region}:{self.account_id}:alias/{alias_name.removeprefix(ALIAS_PREFIX)}"
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    """A key reference resolved once: the key (None when nothing by that name exists), every ARN it was
+    reached by (what a policy must allow), and the not-found error to answer once authorization passed."""
+
+    arns: tuple[str, ...]
+    key: KeyRecord | None = None
+    missing: KmsError | None = None
+
+    def record(self) -> KeyRecord:
+        if self.key is None:
+            raise self.missing or KeyNotFound()
+        return self.key
 
 
 def hsm_label(key_id: str, version_id: str) -> str:
@@ -165,19 +181,43 @@ class KeyService:
         self._versions.fill({v.version_id: v for v in versions}, generation)
         return len(keys)
 
-    def resolve(self, key_ref: str) -> KeyRecord:
-        """A key by id, ``alias/...``, key ARN or alias ARN; Forbidden.KeyNotFound / AliasNotFound."""
-        if key_ref.startswith("acs:"):
-            key_ref = self._arn_target(key_ref)
-        if key_ref.startswith(ALIAS_PREFIX):
-            return self._key(self._alias_target(key_ref))
-        return self._key(key_ref)
+    def lookup(self, key_ref: str) -> KeyLookup:
+        """Resolve a KeyId (key id, ``alias/...``, key ARN, alias ARN, or a key ARN with an alias path) once.
 
-    def usable(self, key_ref: str, action: str) -> KeyRecord:
-        """The one choke point: resolve the key and refuse it when its state forbids ``action``."""
-        key = self.resolve(key_ref)
-        states.check(action, key.state)
-        return key
+        A key reached through an alias carries both ARNs, so that a policy can grant or deny either; when
+        nothing by that name exists, the ARN the caller named is what authorization checks, so a caller
+        without permission learns nothing about what exists."""
+        try:
+            kind, name = self._parse_ref(key_ref)
+        except KeyNotFound as err:  # an ARN of another region or account, or not of a key or alias
+            return KeyLookup((key_ref,), missing=err)
+        if kind == "alias":
+            alias_arn = self.identity.alias_arn(name)
+            try:
+                key = self._key(self._alias_target(name))
+            except (KeyNotFound, AliasNotFound) as err:
+                return KeyLookup((alias_arn,), missing=err)
+            return KeyLookup((self.identity.key_arn(key.key_id), alias_arn), key)
+        try:
+            key = self._key(name)
+        except KeyNotFound as err:
+            named = key_ref if key_ref.startswith("acs:") else self.identity.key_arn(key_ref)
+            return KeyLookup((named,), missing=err)
+        return KeyLookup((self.identity.key_arn(key.key_id),), key)
+
+    def alias_lookup(self, alias_name: str) -> KeyLookup:
+        """The key an alias points to now, with the alias ARN and that key's ARN (AliasNotFound if none;
+        InvalidParameter for a name no alias can have)."""
+        alias_arn = self.identity.alias_arn(alias_name)
+        try:
+            key = self._key(self._alias_target(validate_alias_name(alias_name)))
+        except (KeyNotFound, AliasNotFound, InvalidParameter) as err:
+            return KeyLookup((alias_arn,), missing=err)
+        return KeyLookup((alias_arn, self.identity.key_arn(key.key_id)), key)
+
+    def resolve(self, key_ref: str) -> KeyRecord:
+        """A key by any form ``lookup`` takes; Forbidden.KeyNotFound / AliasNotFound."""
+        return self.lookup(key_ref).record()
 
     def version(self, version_id: str) -> VersionRecord:
         version = self._versions.get(
@@ -203,70 +243,80 @@ class KeyService:
             raise AliasNotFound()
         return key_id
 
-    def _arn_target(self, arn: str) -> str:
-        parts = arn.split(":", 4)
-        if len(parts) != 5 or parts[:2] != ["acs", "kms"]:
-            raise KeyNotFound()
-        _, _, region, account, resource = parts
-        if (region, account) != (self.identity.region, self.identity.account_id):
-            raise KeyNotFound()
-        kind, _, name = resource.partition("/")
-        if kind == "key" and name:
-            return name
-        if kind == "alias" and name:
-            return ALIAS_PREFIX + name
-        raise KeyNotFound()
+    def _parse_ref(self, key_ref: str) -> tuple[str, str]:
+        """("alias", "alias/<name>") or ("key", <key id>) for any form of KeyId; KeyNotFound for an ARN that
+        is malformed or names another region or account."""
+        if key_ref.startswith("acs:"):
+            parts = key_ref.split(":", 4)
+            if len(parts) != 5 or parts[:2] != ["acs", "kms"]:
+                raise KeyNotFound()
+            _, _, region, account, resource = parts
+            if (region, account) != (self.identity.region, self.identity.account_id):
+                raise KeyNotFound()
+            kind, _, name = resource.partition("/")
+            if kind == "alias" and name:
+                return "alias", ALIAS_PREFIX + name
+            if kind != "key" or not name:
+                raise KeyNotFound()
+            key_ref = name  # a key ARN may carry an alias path: acs:kms:<region>:<account>:key/alias/<name>
+        if key_ref.startswith(ALIAS_PREFIX):
+            return "alias", key_ref
+        return "key", key_ref
 
     def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
         return self.store.list_keys(offset, limit, where)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
-    def _change(self, key_ref: str, action: str, changes: dict) -> KeyRecord:
+    def _change(self, key: KeyRecord, action: str, changes: dict) -> KeyRecord:
         """Apply ``changes`` after the state gate, atomically against a concurrent state change."""
-        key = self.usable(key_ref, action)
+        states.check(action, key.state)
         if not self.store.update_key(key.key_id, changes, expected_state=key.state):
             raise StateModifiedFailed()
         self.watch.invalidate()
         return self._key(key.key_id)
 
-    def enable(self, key_ref: str) -> KeyRecord:
-        return self._change(key_ref, "EnableKey", {"state": KeyState.ENABLED})
+    def describe(self, key: KeyRecord) -> KeyRecord:
+        states.check("DescribeKey", key.state)
+        return key
 
-    def disable(self, key_ref: str) -> KeyRecord:
-        return self._change(key_ref, "DisableKey", {"state": KeyState.DISABLED})
+    def enable(self, key: KeyRecord) -> KeyRecord:
+        return self._change(key, "EnableKey", {"state": KeyState.ENABLED})
 
-    def update_description(self, key_ref: str, description: str) -> KeyRecord:
-        return self._change(key_ref, "UpdateKeyDescription", {"description": description})
+    def disable(self, key: KeyRecord) -> KeyRecord:
+        return self._change(key, "DisableKey", {"state": KeyState.DISABLED})
 
-    def set_deletion_protection(self, key_ref: str, enabled: bool, description: str) -> KeyRecord:
-        return self._change(key_ref, "SetDeletionProtection", {
+    def update_description(self, key: KeyRecord, description: str) -> KeyRecord:
+        return self._change(key, "UpdateKeyDescription", {"description": description})
+
+    def set_deletion_protection(self, key: KeyRecord, enabled: bool, description: str) -> KeyRecord:
+        return self._change(key, "SetDeletionProtection", {
             "deletion_protection": enabled,
             "deletion_protection_description": description if enabled else "",
         })
 
-    def schedule_deletion(self, key_ref: str, days: int) -> KeyRecord:
+    def schedule_deletion(self, key: KeyRecord, days: int) -> KeyRecord:
         if not DELETION_MIN_DAYS <= days <= DELETION_MAX_DAYS:
             raise InvalidParameter("PendingWindowInDays",
                                    f"It must be from {DELETION_MIN_DAYS} to {DELETION_MAX_DAYS}.")
-        key = self.usable(key_ref, "ScheduleKeyDeletion")
+        states.check("ScheduleKeyDeletion", key.state)
         if key.deletion_protection:
             raise DeletionProtected()
-        return self._change(key.key_id, "ScheduleKeyDeletion",
+        return self._change(key, "ScheduleKeyDeletion",
                             {"state": KeyState.PENDING_DELETION, "delete_at": self.now() + days * DAY})
 
-    def cancel_deletion(self, key_ref: str) -> KeyRecord:
-        return self._change(key_ref, "CancelKeyDeletion", {"state": KeyState.ENABLED, "delete_at": None})
+    def cancel_deletion(self, key: KeyRecord) -> KeyRecord:
+        return self._change(key, "CancelKeyDeletion", {"state": KeyState.ENABLED, "delete_at": None})
 
-    def update_rotation_policy(self, key_ref: str, enabled: bool, interval: int | None) -> KeyRecord:
+    def update_rotation_policy(self, key: KeyRecord, enabled: bool, interval: int | None) -> KeyRecord:
         if enabled and interval is None:
             raise MissingParameter("RotationInterval")
-        return self._change(key_ref, "UpdateRotationPolicy", {"rotation_interval": interval if enabled else None})
+        return self._change(key, "UpdateRotationPolicy", {"rotation_interval": interval if enabled else None})
 
     # --- versions ----------------------------------------------------------------------------------------
 
-    def create_version(self, key_ref: str, attempts: int = 3) -> VersionRecord:
-        key = self.usable(key_ref, "CreateKeyVersion")
+    def create_version(self, key: KeyRecord, attempts: int = 3) -> VersionRecord:
+        states.check("CreateKeyVersion", key.state)
         for _ in range(attempts):
             version = self.rotate(key)
             if version is not None:
@@ -295,8 +345,8 @@ class KeyService:
         log.info("key %s has a new primary version %s", key.key_id, version_id)
         return version
 
-    def describe_version(self, key_ref: str, version_id: str) -> VersionRecord:
-        key = self.usable(key_ref, "DescribeKeyVersion")
+    def describe_version(self, key: KeyRecord, version_id: str) -> VersionRecord:
+        states.check("DescribeKeyVersion", key.state)
         try:
             version = self.version(version_id)
         except KeyNotFound:
@@ -305,15 +355,15 @@ class KeyService:
             raise KeyVersionNotFound()
         return version
 
-    def list_versions(self, key_ref: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
-        key = self.usable(key_ref, "ListKeyVersions")
+    def list_versions(self, key: KeyRecord, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
+        states.check("ListKeyVersions", key.state)
         return self.store.list_versions(key.key_id, offset, limit)
 
     # --- aliases -----------------------------------------------------------------------------------------
 
-    def create_alias(self, alias_name: str, key_ref: str) -> KeyRecord:
+    def create_alias(self, alias_name: str, key: KeyRecord) -> KeyRecord:
         validate_alias_name(alias_name)
-        key = self.usable(key_ref, "CreateAlias")
+        states.check("CreateAlias", key.state)
         try:
             self.store.create_alias(AliasRecord(alias_name, key.key_id, self.now()))
         except AlreadyExists:
@@ -321,19 +371,28 @@ class KeyService:
         self.watch.invalidate()
         return key
 
-    def update_alias(self, alias_name: str, key_ref: str) -> KeyRecord:
+    def update_alias(self, alias_name: str, current: KeyRecord, key: KeyRecord) -> KeyRecord:
+        """Point ``alias_name`` from ``current`` (the key it was authorized as pointing to) to ``key``; refused
+        when the alias moved meanwhile, so the call never acts on a key it was not authorized for."""
         validate_alias_name(alias_name)
-        key = self.usable(key_ref, "UpdateAlias")  # only the target key's state matters
-        if not self.store.update_alias(alias_name, key.key_id):
-            raise AliasNotFound()
+        states.check("UpdateAlias", key.state)  # only the target key's state matters
+        if not self.store.update_alias(alias_name, key.key_id, expected_key_id=current.key_id):
+            self._alias_moved(alias_name)
         self.watch.invalidate()
         return key
 
-    def delete_alias(self, alias_name: str) -> None:
-        if not self.store.delete_alias(alias_name):
-            raise AliasNotFound()
+    def delete_alias(self, alias_name: str, current: KeyRecord) -> None:
+        """Delete ``alias_name`` if it still points to ``current`` (the key it was authorized as pointing to)."""
+        if not self.store.delete_alias(alias_name, expected_key_id=current.key_id):
+            self._alias_moved(alias_name)
         self.watch.invalidate()
 
-    def list_aliases(self, offset: int, limit: int, key_ref: str | None = None) -> tuple[list[AliasRecord], int]:
-        key_id = None if key_ref is None else self.usable(key_ref, "ListAliasesByKeyId").key_id
-        return self.store.list_aliases(offset, limit, key_id)
+    def _alias_moved(self, alias_name: str) -> None:
+        if self.store.get_alias(alias_name) is None:
+            raise AliasNotFound()
+        raise StateModifiedFailed()
+
+    def list_aliases(self, offset: int, limit: int, key: KeyRecord | None = None) -> tuple[list[AliasRecord], int]:
+        if key is not None:
+            states.check("ListAliasesByKeyId", key.state)
+        return self.store.list_aliases(offset, limit, None if key is None else key.key_id)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from hsmkms.hsm.backend import HsmError
+from hsmkms.policy import stored_policy_problem
 from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service.keys import KeyService
 
@@ -28,12 +29,18 @@ class DoctorReport:
     dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
+    invalid_policies: list[str] = field(default_factory=list)  # "<access key>: <why>", stored before checks
+    # Advice, not an inconsistency: objects usable with any mechanism (made before hsmkms restricted them to
+    # AES-GCM; CKA_ALLOWED_MECHANISMS cannot be added to an existing object).  None: the token has no such attribute.
+    unrestricted_objects: list[str] | None = field(default_factory=list)
+    # Also advice: hsmkms objects of other deployments sharing the token; never touched.
+    foreign_objects: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
 
     @property
     def consistent(self) -> bool:
         return not (self.missing_objects or self.orphan_objects or self.dead_objects or self.interrupted
-                    or self.service_key_missing)
+                    or self.service_key_missing or self.invalid_policies)
 
     def lines(self) -> list[str]:
         out = [f"missing HSM object for live key version {v} (cannot be repaired: restore the token)"
@@ -44,6 +51,17 @@ class DoctorReport:
                 f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
         if self.service_key_missing:
             out.append("the access-key service key is missing from the token (run hsmkms init)")
+        out += [f"access key policy that would be refused today (fix it with access-key policy set): {problem}"
+                for problem in self.invalid_policies]
+        if self.unrestricted_objects is None:
+            out.append("note: the token does not support CKA_ALLOWED_MECHANISMS: with the PIN, master keys can be "
+                       "used with other mechanisms than AES-GCM")
+        else:
+            out += [f"note: HSM object {v} lacks CKA_ALLOWED_MECHANISMS = {{CKM_AES_GCM}} (made before hsmkms set "
+                    f"it; rotate its key so that new data is sealed by a restricted version)"
+                    for v in self.unrestricted_objects]
+        out += [f"note: HSM object {label!r} belongs to another deployment on this token (left alone)"
+                for label in self.foreign_objects]
         out += [f"repaired: {item}" for item in self.repaired]
         return out
 
@@ -98,6 +116,17 @@ class Maintenance:
         self.hsm.destroy_key(object_id)
         self.store.finish_object(object_id)
 
+    def _unrestricted(self, object_ids: list[str]) -> list[str] | None:
+        """The objects whose CKA_ALLOWED_MECHANISMS is not exactly {CKM_AES_GCM}; None when the token lacks it."""
+        unrestricted = []
+        for object_id in sorted(object_ids):
+            allowed = self.hsm.allowed_mechanisms(object_id)
+            if allowed is None:
+                return None
+            if allowed != ("AES_GCM",):
+                unrestricted.append(object_id)
+        return unrestricted
+
     def doctor(self, repair: bool = False) -> DoctorReport:
         """Compare the token's objects with the metadata; with ``repair``, fix what is safe to fix.
 
@@ -105,7 +134,9 @@ class Maintenance:
         back stale journalled creations.  An object a live version names is never destroyed.
         """
         report = DoctorReport()
+        # Only this deployment's objects: another deployment's on a shared token are reported, never destroyed.
         objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
+        report.foreign_objects = self.hsm.foreign_objects()
         versions = self.store.all_versions()
         pending = {p.object_id: p for p in self.store.pending_objects()}
         report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)
@@ -113,6 +144,13 @@ class Maintenance:
         report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
         report.interrupted = sorted(pending)
         report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
+        for record in self.store.list_access_keys():
+            problem = None if record.policy is None else stored_policy_problem(record.policy)
+            if problem is not None:
+                report.invalid_policies.append(f"{record.access_key_id}: {problem}")
+        report.unrestricted_objects = self._unrestricted(
+            [v for v, live in versions.items() if live and v in objects]
+            + ([] if report.service_key_missing else [SERVICE_KEY_ID]))
         if repair:
             for object_id in report.orphan_objects + report.dead_objects:
                 if versions.get(object_id):  # belt and braces: never a live version's object

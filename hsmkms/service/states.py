@@ -54,7 +54,7 @@ RULES: dict[str, Rule] = {
     ),
     **dict.fromkeys(
         ["GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Encrypt", "Decrypt", "ReEncrypt",
-         "CreateKeyVersion", "UpdateRotationPolicy"],
+         "GenerateAndExportDataKey", "ExportDataKey", "CreateKeyVersion", "UpdateRotationPolicy"],
         _enabled_only,
     ),
     **dict.fromkeys(

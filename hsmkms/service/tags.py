@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hsmkms.errors import InvalidParameter, LimitExceeded
+from hsmkms.service import states
 from hsmkms.service.keys import KeyService
-from hsmkms.store.base import TagRecord
+from hsmkms.store.base import KeyRecord, TagRecord
 
 MAX_TAGS_PER_KEY = 20
 MAX_TAG_CHARS = 128
@@ -58,27 +59,28 @@ class TagService:
         self.keys = keys
         self.store = keys.store
 
-    def tag(self, key_ref: str, pairs: list[tuple[str, str]], action: str = "TagResource") -> None:
-        key = self.keys.usable(key_ref, action)
+    def tag(self, key: KeyRecord, pairs: list[tuple[str, str]], action: str = "TagResource") -> None:
+        states.check(action, key.state)
         existing = {t.tag_key for t in self.store.list_tags([key.key_id])}
         if len(existing | {k for k, _ in pairs}) > MAX_TAGS_PER_KEY:
             raise LimitExceeded(f"A key has at most {MAX_TAGS_PER_KEY} tags.")
         self.store.set_tags([TagRecord(key.key_id, k, v) for k, v in pairs])
 
-    def untag(self, key_ref: str, tag_keys: list[str] | None, action: str = "UntagResource") -> None:
+    def untag(self, key: KeyRecord, tag_keys: list[str] | None, action: str = "UntagResource") -> None:
         """Remove the named tags, or every tag for None."""
-        key = self.keys.usable(key_ref, action)
+        states.check(action, key.state)
         self.store.remove_tags(key.key_id, tag_keys)
 
-    def tags_of(self, key_ref: str) -> list[TagRecord]:
-        key = self.keys.usable(key_ref, "ListResourceTags")
+    def tags_of(self, key: KeyRecord) -> list[TagRecord]:
+        states.check("ListResourceTags", key.state)
         return self.store.list_tags([key.key_id])
 
-    def find(self, key_refs: list[str], wanted: list[tuple[str, str | None]]) -> list[TagRecord]:
+    def find(self, keys: list[KeyRecord], wanted: list[tuple[str, str | None]]) -> list[TagRecord]:
         """Tags of the given keys (of all keys when none are given) that match a wanted (key, value) pair;
         a None value matches any value of that key."""
-        key_ids = [self.keys.usable(ref, "ListResourceTags").key_id for ref in key_refs] or None
-        tags = self.store.list_tags(key_ids)
+        for key in keys:
+            states.check("ListResourceTags", key.state)
+        tags = self.store.list_tags([key.key_id for key in keys] or None)
         if wanted:
             tags = [t for t in tags if any(t.tag_key == k and v in (None, t.tag_value) for k, v in wanted)]
         return tags

@@ -4,8 +4,10 @@ The hot path must not read the database on every request, yet a key disabled thr
 process or the CLI must be refused at once.  ``refresh()`` runs once per request and clears every
 registered cache when the store's change counter moved (a memory read; every write through the store
 bumps it), and, as a backstop for writes that bypass the counter, when ``data_version`` moved (a read
-transaction, so asked at most every DATA_VERSION_INTERVAL_S).  An entry read before a clear is not stored
-after it (``generation``).
+transaction or a round trip to the database, so asked at most every DATA_VERSION_INTERVAL_S: this bounds how
+stale a cache can be, 1 s, even if a change notification is lost).  When that check fails, the caches are
+dropped and it is asked again at the next request.  An entry read before a clear is not stored after it
+(``generation``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from hsmkms.store.base import Store
+from hsmkms.store.base import Store, StoreError
 
 DATA_VERSION_INTERVAL_S = 1.0
 
@@ -68,8 +70,14 @@ class StoreWatch:
             self._seen_counter = counter
         now = time.monotonic()
         if now >= self._next_version_check:
+            try:
+                version = self._store.data_version()
+            except StoreError:
+                # Freshness cannot be confirmed (the database is unreachable): drop the caches, so that requests
+                # read the store (and answer 503 while it is down) rather than serve what may be stale.
+                self.invalidate()
+                raise
             self._next_version_check = now + DATA_VERSION_INTERVAL_S
-            version = self._store.data_version()
             if version != self._seen_version:
                 self.invalidate()
                 self._seen_version = version

@@ -99,16 +99,51 @@ class AccessKeyRecord:
     policy: str | None = None  # RAM-style policy document; None (keys made before policies) = allow all
 
 
+class JobLock(Protocol):
+    """Who runs the background jobs (purge, rotation, recovery)."""
+
+    def held(self) -> bool:
+        """True when this process may run them now (taking the lock when it is free)."""
+
+    def close(self) -> None: ...
+
+
+class NonceCache(Protocol):
+    """Signature nonces seen inside the clock window, shared by every worker (and node) that serves requests.
+
+    Implementations: ``nonces.NonceStore`` (a file on one machine), ``postgres.PostgresNonces`` and
+    ``redis_nonces.RedisNonces`` (shared by several nodes).  One that cannot answer raises StoreError (503):
+    a request is never let through unchecked.
+    """
+
+    def claim(self, access_key_id: str, nonce: str, now: float, expires: float) -> bool:
+        """Record the nonce until ``expires`` (and a grace period); False when it is already recorded."""
+
+    def prepare(self, now: float) -> None:
+        """Create or resize what the cache needs (``hsmkms init`` and ``serve`` call it before serving)."""
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class Store(Protocol):
     def close(self) -> None: ...
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema; safe to run on every start, from several processes or nodes at once."""
 
     def ping(self) -> bool: ...
 
     def data_version(self) -> int:
-        """Changes whenever another connection (thread or process) committed."""
+        """Changes whenever anyone committed; may cost a round trip to the database (asked once a second)."""
 
     def change_counter(self) -> bytes:
-        """Changes whenever anyone committed through this store's code; a memory read, for every request."""
+        """Changes whenever anyone committed, as far as this process has heard; a memory read, for every
+        request.  A store that may have missed a change returns a new value at each call."""
+
+    def job_lock(self) -> JobLock:
+        """The lock that decides which process runs the background jobs."""
 
     # keys and versions (destroyed keys and their versions are invisible to get_* and list_*)
     def begin_object(self, pending: PendingObject) -> None: ...
@@ -157,11 +192,13 @@ class Store(Protocol):
     # aliases
     def create_alias(self, alias: AliasRecord) -> None: ...
 
-    def update_alias(self, alias_name: str, key_id: str) -> bool: ...
+    def update_alias(self, alias_name: str, key_id: str, expected_key_id: str) -> bool:
+        """Point the alias at ``key_id`` if it still points at ``expected_key_id``."""
 
     def get_alias(self, alias_name: str) -> AliasRecord | None: ...
 
-    def delete_alias(self, alias_name: str) -> bool: ...
+    def delete_alias(self, alias_name: str, expected_key_id: str) -> bool:
+        """Delete the alias if it still points at ``expected_key_id``."""
 
     def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]: ...
 

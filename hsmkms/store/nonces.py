@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import struct
@@ -48,6 +49,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hsmkms.store.base import StoreError
+
+log = logging.getLogger(__name__)
 
 PAGE_BYTES = 512
 PAGE_HEADER = struct.Struct("<4sHH")  # magic; how many pages past this one its nonces spilled; next slot
@@ -133,6 +136,20 @@ class NonceStore:
                 return True
         except (OSError, StoreError) as exc:
             raise StoreError(f"nonce store {self.path}: cannot resize the table: {exc}") from exc
+
+    def prepare(self, now: float) -> None:
+        """Give the file the configured table size (``hsmkms serve`` does it before its workers start)."""
+        if self.resize(now):
+            log.info("the nonce table now has %d MiB ([auth] nonce_table_mib)", self.table_pages // PAGES_PER_MIB)
+
+    def ping(self) -> bool:
+        """The table can be opened and locked."""
+        try:
+            with self._lock:
+                fcntl.flock(self._current_file_locked(), fcntl.LOCK_UN)
+            return True
+        except (OSError, StoreError):
+            return False
 
     def count(self, now: float) -> int:
         """How many nonces are remembered at ``now``.  Reads the whole table: for tests and diagnostics."""

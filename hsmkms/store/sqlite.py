@@ -107,6 +107,16 @@ MIGRATIONS: list[str] = [
 
 _LIVE = "destroyed_at IS NULL"
 
+# What ``export_rows`` copies: table -> (columns, order).  Parents before children.
+EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
+    "keys": ([f.name for f in fields(KeyRecord)], "ORDER BY created_at, key_id"),
+    "key_versions": (["version_id", "key_id", "created_at"], "ORDER BY created_at, rowid"),
+    "aliases": (["alias_name", "key_id", "created_at"], "ORDER BY alias_name"),
+    "tags": (["key_id", "tag_key", "tag_value"], "ORDER BY key_id, tag_key"),
+    "pending_objects": (["object_id", "key_id", "purpose", "created_at"], "ORDER BY created_at, object_id"),
+    "access_keys": ([f.name for f in fields(AccessKeyRecord)], "ORDER BY created_at, access_key_id"),
+}
+
 _KEY_FIELDS = [f.name for f in fields(KeyRecord)]
 _KEY_COLUMNS = ", ".join(_KEY_FIELDS)
 _KEY_PLACEHOLDERS = ", ".join("?" for _ in fields(KeyRecord))
@@ -144,6 +154,17 @@ def _key(row) -> KeyRecord:
     for i in _KEY_BOOLEANS:  # SQLite stores booleans as integers
         values[i] = bool(values[i])
     return KeyRecord(*values)
+
+
+class EveryProcess:
+    """With SQLite, on one machine, every worker runs the background jobs: each step is claimed by a
+    conditional write, so the jobs are safe to run from several processes at once."""
+
+    def held(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 class SqliteStore:
@@ -249,17 +270,19 @@ class SqliteStore:
         conn = self._conn
         with self._errors():
             conn.execute("PRAGMA journal_mode=WAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+            # One write transaction: processes starting at once wait for each other, and the later ones find
+            # the schema (read inside the transaction) already up to date.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     for statement in filter(str.strip, script.split(";")):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version={number}")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
         os.chmod(self.path, 0o600)
         self._bump_changes()
 
@@ -287,6 +310,20 @@ class SqliteStore:
                 target.close()
         os.chmod(destination, 0o600)
 
+    def export_rows(self) -> dict[str, list[tuple]]:
+        """Every row of every table, in one read transaction (for ``hsmkms migrate-store``): versions in the
+        order they were made, booleans as booleans."""
+        with self._errors():
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                return {table: [tuple(bool(v) if table == "keys" and i in _KEY_BOOLEANS else v
+                                      for i, v in enumerate(row))
+                                for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} {order}")]
+                        for table, (columns, order) in EXPORTED_TABLES.items()}
+            finally:
+                conn.execute("ROLLBACK")
+
     def integrity_ok(self) -> bool:
         return self._read("PRAGMA integrity_check")[0][0] == "ok"
 
@@ -296,6 +333,9 @@ class SqliteStore:
             return True
         except StoreError:
             return False
+
+    def job_lock(self) -> EveryProcess:
+        return EveryProcess()
 
     def data_version(self) -> int:
         with self._watch_lock:
@@ -452,19 +492,20 @@ class SqliteStore:
         with self._transaction() as conn:
             conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", astuple(alias))
 
-    def update_alias(self, alias_name: str, key_id: str) -> bool:
+    def update_alias(self, alias_name: str, key_id: str, expected_key_id: str) -> bool:
         with self._transaction() as conn:
-            return conn.execute("UPDATE aliases SET key_id = ? WHERE alias_name = ?",
-                                (key_id, alias_name)).rowcount > 0
+            return conn.execute("UPDATE aliases SET key_id = ? WHERE alias_name = ? AND key_id = ?",
+                                (key_id, alias_name, expected_key_id)).rowcount > 0
 
     def get_alias(self, alias_name: str) -> AliasRecord | None:
         rows = self._read("SELECT alias_name, key_id, created_at FROM aliases WHERE alias_name = ?",
                           (alias_name,))
         return AliasRecord(*rows[0]) if rows else None
 
-    def delete_alias(self, alias_name: str) -> bool:
+    def delete_alias(self, alias_name: str, expected_key_id: str) -> bool:
         with self._transaction() as conn:
-            return conn.execute("DELETE FROM aliases WHERE alias_name = ?", (alias_name,)).rowcount > 0
+            return conn.execute("DELETE FROM aliases WHERE alias_name = ? AND key_id = ?",
+                                (alias_name, expected_key_id)).rowcount > 0
 
     def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]:
         where, args = ("WHERE key_id = ?", (key_id,)) if key_id is not None else ("", ())

@@ -1,8 +1,8 @@
 """make bench: throughput, latency and memory of ``hsmkms serve`` against the bare serving stack.
 
-Run from the repository root:  .venv/bin/python scripts/bench/run.py [--quick]
+Run from the repository root:  .venv/bin/python scripts/bench/run.py [--quick] [--only-cluster]
 
-What it does, every step bounded in time (the whole run stays under 10 minutes):
+What it does, every step bounded in time (the whole run stays under 13 minutes):
 
 1. A fresh deployment in a temporary folder: a configuration written like the e2e suite's, a new SoftHSM
    token, schema, access key and ``alias/dev`` through ``hsmkms dev-setup``.
@@ -16,6 +16,10 @@ What it does, every step bounded in time (the whole run stays under 10 minutes):
 4. Resident memory (VmRSS of master and workers) after warm-up, and after 200,000 requests in all.
 5. 10,000 keys in the token (CreateKey through the API, 16 requests in flight), a restart, then the same
    GenerateDataKey and Decrypt runs with each request naming a random one of the 10,000 keys.
+6. The cluster: three nodes (one worker each) behind HAProxy on a private PostgreSQL (fsync on), the
+   GenerateDataKey and Decrypt runs through the balancer, once with the nonces in PostgreSQL and once in a
+   private Redis; CPU per request counts the nodes, HAProxy, PostgreSQL and Redis.  On 2 cores this is the
+   cost of the shared path, not scale.
 
 It prints a summary with PASS/FAIL per target, writes var/bench/results.json and var/bench/results.png, and
 exits 0 whatever the figures (non-zero only when the benchmark itself could not run).
@@ -51,7 +55,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from hsmkms.api.auth import pct, v1_signature, v1_string_to_sign  # noqa: E402
+from tests import services  # noqa: E402
 from tests.e2e import server as e2e_server  # noqa: E402
+from tests.e2e.cluster import Cluster  # noqa: E402
 
 API_VERSION = "2016-01-20"
 WORKERS = 2
@@ -63,7 +69,10 @@ RSS_REQUESTS = 200_000
 MANY_KEYS = 10_000
 CONTEXT = '{"app":"bench","tier":"load-test"}'
 PLAINTEXT = "bench plaintext: 48 bytes of application data!!"
-TOTAL_BUDGET_S = 570  # everything, set-up included, under 10 minutes
+TOTAL_BUDGET_S = 750  # everything, set-up included, under 13 minutes
+CLUSTER_NODES = 3
+CLUSTER_WORKERS = 1  # per node: three worker processes in all, beside the single node's two
+CLUSTER_RESERVE_S = 170  # what the cluster phase needs at the end
 START_TIMEOUT_S = 60
 KEY_CREATE_BUDGET_S = 200
 KEY_CREATE_IN_FLIGHT = 8
@@ -567,7 +576,7 @@ class Bench:
 
     def reserve_after_soak(self) -> float:
         """Time the 10,000-key phase needs at least (creation excluded: that one shrinks to fit)."""
-        return 60.0 + 2 * (WARMUP_S + RUN_S) + 40.0
+        return 60.0 + 2 * (WARMUP_S + RUN_S) + 40.0 + CLUSTER_RESERVE_S
 
     def many_keys(self, server: Server) -> Server:
         # Creation through the API with one worker process: SoftHSM re-reads the token directory in every
@@ -582,7 +591,7 @@ class Bench:
         wanted = MANY_KEYS - existing
         created: list[str] = []
         failures: list[str] = []
-        allowed = self.budget.allow(KEY_CREATE_BUDGET_S, reserve=2 * (WARMUP_S + RUN_S) + 60)
+        allowed = self.budget.allow(KEY_CREATE_BUDGET_S, reserve=2 * (WARMUP_S + RUN_S) + 60 + CLUSTER_RESERVE_S)
         stop_at = time.monotonic() + allowed
         started = time.monotonic()
         lock = threading.Lock()
@@ -632,7 +641,7 @@ class Bench:
         keys = created or ["alias/dev"]
         started = time.monotonic()
         # Decrypt blobs for every key when there is time for it (about 1 s per 1,500 keys), else a sample.
-        room = self.budget.left() - 2 * (WARMUP_S + RUN_S + 15) - 30
+        room = self.budget.left() - 2 * (WARMUP_S + RUN_S + 15) - 30 - CLUSTER_RESERVE_S
         wanted = len(keys) if room > len(keys) / 500 else min(len(keys), 2000)
         sample = keys if wanted >= len(keys) else random.sample(keys, wanted)
         blobs = self.seed_blobs(client, sample)
@@ -644,6 +653,105 @@ class Bench:
         runs["Decrypt"] = self.measure(server, "Decrypt-10k", "Decrypt",
                                        lambda i: self.decrypt_params(rng.choice(blobs)))
         return server
+
+
+# --- the cluster run -----------------------------------------------------------------------------------------
+
+
+class ClusterServer:
+    """The cluster as ``Bench.measure`` sees a server: the balancer's port, and every process on the shared
+    path (the nodes, HAProxy, PostgreSQL and Redis), whose CPU is the cost of a request."""
+
+    def __init__(self, cluster: Cluster, postgres: services.PrivatePostgres, redis: services.PrivateRedis):
+        self.cluster, self.postgres, self.redis = cluster, postgres, redis
+        self.port = cluster.lb_port
+        self.served = 0
+
+    def groups(self) -> dict[str, list[int]]:
+        """The processes of each part of the shared path."""
+        children = _children_map()
+
+        def tree(roots: list[int | None]) -> list[int]:
+            found = [pid for pid in roots if pid]
+            todo = list(found)
+            while todo:
+                for child in children.get(todo.pop(), []):
+                    found.append(child)
+                    todo.append(child)
+            return found
+
+        return {
+            "nodes": tree([node.process.pid for node in self.cluster.nodes
+                           if node.process and node.process.poll() is None]),
+            "haproxy": tree([self.cluster.haproxy.pid if self.cluster.haproxy else None]),
+            "postgres": tree([self.postgres.pid()]),
+            "redis": tree([self.redis.process.pid]),
+        }
+
+    def pids(self) -> list[int]:
+        return [pid for pids in self.groups().values() for pid in pids]
+
+    def measure(self, bench: Bench, name: str, action: str, make_params) -> dict:
+        """``Bench.measure``, and where the CPU went: microseconds per request in each part."""
+        groups = self.groups()
+        before = {group: {pid: _proc_cpu_s(pid) for pid in pids} for group, pids in groups.items()}
+        served = self.served
+        stats = bench.measure(self, name, action, make_params)
+        requests = max(1, self.served - served)
+        stats["cpu_us_per_request_by_part"] = {
+            group: round(sum(max(0.0, _proc_cpu_s(pid) - start) for pid, start in pids.items()) * 1e6 / requests, 1)
+            for group, pids in before.items()}
+        log(f"{name}: CPU per request (us) by part: {stats['cpu_us_per_request_by_part']}")
+        return stats
+
+
+def cluster_runs(results: dict, budget: Budget, work: Path, quick: bool) -> None:
+    """GenerateDataKey and Decrypt through HAProxy in front of CLUSTER_NODES nodes on one PostgreSQL
+    database: once with the nonces in PostgreSQL (an UNLOGGED table), once in Redis (SET NX EX).  PostgreSQL
+    and Redis are private servers of the benchmark's own, PostgreSQL with fsync on as in production."""
+    runs = results.setdefault("cluster_runs", {})
+    postgres = services.PrivatePostgres(durable=True)
+    redis = services.PrivateRedis(Path(tempfile.mkdtemp(prefix="hsmkms-bench-redis-")))
+    cluster = None
+    try:
+        postgres.start()
+        url = services.create_database(postgres.url, "hsmkms_bench")
+        ports = [free_port() for _ in range(CLUSTER_NODES)]
+        cluster = Cluster.provision(work / "cluster", url, ports, free_port(), workers=CLUSTER_WORKERS,
+                                    extra_config='[log]\nlevel = "WARNING"\n')
+        facts = cluster.credentials
+        deployment = Deployment(cluster.root, cluster.nodes[0].config, cluster.lb_port, facts["AccessKeyId"],
+                                facts["AccessKeySecret"], facts["KeyAlias"])
+        signer = Signer(deployment)
+        bench = Bench(deployment, signer, budget, work, quick, results)
+        try:
+            for label, nonce_url in (("PostgreSQL nonces", ""), ("Redis nonces", redis.url)):
+                for node in cluster.nodes:
+                    node.env = {"HSMKMS_AUTH_NONCE_URL": nonce_url}
+                cluster.start()
+                server = ClusterServer(cluster, postgres, redis)
+                client = Client(deployment, cluster.lb_port)
+                blobs = bench.seed_blobs(client, ["alias/dev"] * 32)
+                tag = "pg" if nonce_url == "" else "redis"
+                runs[f"GenerateDataKey, {label}"] = server.measure(bench, f"cluster-gdk-{tag}", "GenerateDataKey",
+                                                                   lambda i: bench.gdk_params("alias/dev"))
+                runs[f"Decrypt, {label}"] = server.measure(
+                    bench, f"cluster-decrypt-{tag}", "Decrypt",
+                    lambda i, seeded=blobs: bench.decrypt_params(seeded[i % len(seeded)]))
+                errors = [line for node in cluster.nodes for line in node.log().splitlines()
+                          if re.search(r"\b(ERROR|CRITICAL)\b|Traceback", line)]
+                results.setdefault("cluster_log_errors", []).extend(errors[:20])
+                cluster.stop()
+        finally:
+            signer.close()
+        results["cluster"] = {"nodes": CLUSTER_NODES, "workers_per_node": CLUSTER_WORKERS,
+                              "balancer": "HAProxy, round robin, health checks on /readyz",
+                              "postgres": "private, fsync on", "redis": "private, no persistence"}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        redis.remove()
+        postgres.remove()
 
 
 def interleave(paths: list[Path], out: Path) -> Path:
@@ -708,6 +816,9 @@ def verdicts(results: dict) -> list[dict]:
             "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys, "
                       f"{lots['errors']} errors",
         })
+    for name, run in results.get("cluster_runs", {}).items():
+        single = runs.get(name.split(",")[0])
+        run["ratio_to_single_node"] = round(run["rps"] / single["rps"], 3) if single and single["rps"] else 0.0
     before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
     if before and after:
         growth = (after["total_kb"] - before["total_kb"]) / before["total_kb"]
@@ -724,17 +835,19 @@ def verdicts(results: dict) -> list[dict]:
 
 
 def summary(results: dict) -> str:
-    rows = [f"{'run':<24}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}"]
+    rows = [f"{'run':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}"]
     bare = results.get("bare")
     if bare:
-        rows.append(f"{'bare':<24}{bare['rps']:>9.0f}{bare['p50_ms']:>9.2f}{bare['p99_ms']:>9.2f}"
+        rows.append(f"{'bare':<36}{bare['rps']:>9.0f}{bare['p50_ms']:>9.2f}{bare['p99_ms']:>9.2f}"
                     f"{bare['errors']:>8}{1.0:>8.2f}")
     for group, suffix, ratio_key in (("runs", "", "ratio_to_bare"),
-                                     ("many_keys_runs", f" ({MANY_KEYS:,} keys)", "ratio_to_one_key")):
+                                     ("many_keys_runs", f" ({MANY_KEYS:,} keys)", "ratio_to_one_key"),
+                                     ("cluster_runs", "", "ratio_to_single_node")):
         for action, run in results.get(group, {}).items():
-            rows.append(f"{action + suffix:<24}{run['rps']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
+            rows.append(f"{action + suffix:<36}{run['rps']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
                         f"{run['errors']:>8}{run.get(ratio_key, 0):>8.2f}")
-    rows.append(f"(ratio: to bare with 1 key; to the same action with 1 key with {MANY_KEYS:,} keys)")
+    rows.append(f"(ratio: to bare with 1 key; to the same action with 1 key with {MANY_KEYS:,} keys; for the "
+                f"cluster, {CLUSTER_NODES} nodes x {CLUSTER_WORKERS} worker behind HAProxy, to the single node)")
     before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
     if before and after:
         rows.append(f"RSS (master + workers): {before['total_kb'] / 1024:.1f} MiB after warm-up, "
@@ -764,6 +877,7 @@ def _all_runs(results: dict) -> list[tuple[str, dict]]:
     runs = [("bare", results["bare"])] if results.get("bare") else []
     runs += list(results.get("runs", {}).items())
     runs += [(f"{action} ({MANY_KEYS:,} keys)", run) for action, run in results.get("many_keys_runs", {}).items()]
+    runs += [(f"cluster {name}", run) for name, run in results.get("cluster_runs", {}).items()]
     return runs
 
 
@@ -780,9 +894,10 @@ def chart(results: dict, path: Path) -> None:
         p50.append(results["bare"]["p50_ms"])
         p99.append(results["bare"]["p99_ms"])
         colors.append("#888888")
-    for group, suffix, color in (("runs", "", "#1f77b4"), ("many_keys_runs", f"\n{MANY_KEYS:,} keys", "#ff7f0e")):
+    for group, suffix, color in (("runs", "", "#1f77b4"), ("many_keys_runs", f"\n{MANY_KEYS:,} keys", "#ff7f0e"),
+                                 ("cluster_runs", "", "#17becf")):
         for action, run in results.get(group, {}).items():
-            labels.append(action.replace("GenerateDataKey", "GDK") + suffix)
+            labels.append(action.replace("GenerateDataKey", "GDK").replace(", ", "\ncluster, ") + suffix)
             rps.append(run["rps"])
             p50.append(run["p50_ms"])
             p99.append(run["p99_ms"])
@@ -876,6 +991,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary deployment and request files")
     parser.add_argument("--token-on-disk", action="store_true",
                         help="keep the SoftHSM token in the temporary folder instead of /dev/shm")
+    parser.add_argument("--only-cluster", action="store_true",
+                        help="only the cluster runs (3 nodes behind HAProxy on PostgreSQL; nonces in PostgreSQL, "
+                             "then in Redis)")
     args = parser.parse_args(argv)
     if args.quick:
         RUN_S, MANY_KEYS, RSS_REQUESTS = 3, 500, 20_000
@@ -911,21 +1029,28 @@ def main(argv: list[str] | None = None) -> int:
             # flushes (the request path reads the token, it does not write it).
             token_dir = Path(tempfile.mkdtemp(prefix="hsmkms-bench-token-", dir="/dev/shm"))
         results["token_dir"] = "tmpfs (/dev/shm)" if token_dir else "disk"
-        deployment = Deployment.create(work / "deployment", token_dir)
-        signer = Signer(deployment)
-        bench = Bench(deployment, signer, budget, work, args.quick, results)
-        results["bare"] = bench.bare()
+        if not args.only_cluster:
+            deployment = Deployment.create(work / "deployment", token_dir)
+            signer = Signer(deployment)
+            bench = Bench(deployment, signer, budget, work, args.quick, results)
+            results["bare"] = bench.bare()
 
-        server = Server("hsmkms serve", [sys.executable, "-m", "hsmkms", "serve", "--config",
-                                         str(deployment.config)], deployment.port, "/readyz", OUT / "server.log")
-        results["startup_s"] = round(server.start(), 2)
-        bench.one_key(server)
-        bench.many_keys(server)
+            server = Server("hsmkms serve", [sys.executable, "-m", "hsmkms", "serve", "--config",
+                                             str(deployment.config)], deployment.port, "/readyz",
+                            OUT / "server.log")
+            results["startup_s"] = round(server.start(), 2)
+            bench.one_key(server)
+            bench.many_keys(server)
+            results["server_log_errors"] = server.log_errors()[:50]
+            results["server_exit_code"] = server.stop()
+            server = None
+        log(f"cluster: {CLUSTER_NODES} nodes behind HAProxy on PostgreSQL")
+        cluster_runs(results, budget, work, args.quick)
     except Exception as exc:  # noqa: BLE001 - report what was measured, then the failure
         log(f"benchmark step failed: {exc!r}")
         results["failure"] = traceback.format_exc()
         print(results["failure"], file=sys.stderr)
-        status = 1 if "runs" not in results else 0
+        status = 1 if "runs" not in results and "cluster_runs" not in results else 0
     finally:
         if server is not None:
             results["server_log_errors"] = server.log_errors()[:50]

@@ -1,9 +1,12 @@
-"""One live server for the end-to-end session, and official-SDK clients pointed at it."""
+"""Live servers for the end-to-end session (one per test token, started when first needed), and official-SDK
+clients pointed at them.  ``server`` is the SoftHSM one; a module that runs on every token overrides ``server``
+with a fixture parametrised over ``TOKENS`` that takes ``live_servers(token)``."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.conftest import TOKENS
 from tests.e2e.inprocess import InProcessServer, start_in_process
 from tests.e2e.sdk import LegacySdk, TeaSdk
 from tests.e2e.server import LiveServer, provision_server
@@ -12,14 +15,27 @@ SDK_NAMES = ["tea-v3", "tea-v2", "legacy"]
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> LiveServer:
-    live = provision_server(tmp_path_factory.mktemp("live"), workers=2)
-    live.start()
-    yield live
-    assert live.stop() == 0, live.log()
-    # No request in the suite may have produced a 5xx: the server logs every one of them.
-    failures = live.error_lines()
-    assert not failures, "\n".join(failures)
+def live_servers(tmp_path_factory):
+    started: dict[str, LiveServer] = {}
+
+    def get(token: str) -> LiveServer:
+        if token not in started:
+            live = provision_server(tmp_path_factory.mktemp(f"live-{token}"), workers=2, token=token)
+            live.start()
+            started[token] = live
+        return started[token]
+
+    yield get
+    for live in started.values():
+        assert live.stop() == 0, live.log()
+        # No request in the suite may have produced a 5xx: the server logs every one of them.
+        failures = live.error_lines()
+        assert not failures, "\n".join(failures)
+
+
+@pytest.fixture(scope="session")
+def server(live_servers) -> LiveServer:
+    return live_servers(TOKENS[0])
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ def main() -> None:
         keys.create_key(key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS",
                         protection_level="HSM", description="crash test")
     elif operation == "rotate":
-        keys.create_version(sys.argv[4])
+        keys.create_version(keys.resolve(sys.argv[4]))
     elif operation == "purge":
         runtime.services.maintenance.purge_due()
     sys.exit("the operation finished without reaching the crash point")

@@ -49,9 +49,11 @@ class TeaSdk:
         self.runtime = RuntimeOptions(ca=ca)
 
     def call(self, action: str, **params) -> dict:
-        request = getattr(tea_models, f"{action}Request")().from_map(params)
+        method = getattr(self.client, f"{snake(action)}_with_options")
+        request_class = getattr(tea_models, f"{action}Request", None)  # None for actions without parameters
+        arguments = () if request_class is None and not params else (request_class().from_map(params),)
         try:
-            return getattr(self.client, f"{snake(action)}_with_options")(request, self.runtime).body.to_map()
+            return method(*arguments, self.runtime).body.to_map()
         except ResponseException as exc:
             raise ApiError(exc.status_code, exc.code, exc.message) from None
 

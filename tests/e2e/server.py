@@ -1,4 +1,5 @@
-"""A live ``hsmkms serve`` in a subprocess, with its own SoftHSM token, store and development credentials."""
+"""A live ``hsmkms serve`` in a subprocess, with its own token (SoftHSM or NSS softoken), store and development
+credentials."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.tokens import hsm_config
+
 HSMKMS = [sys.executable, "-m", "hsmkms"]
 FAILURE_LINE = re.compile(r"\b(ERROR|CRITICAL)\b|Traceback")
 START_TIMEOUT_S = 30
@@ -26,9 +29,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_config(root: Path, port: int, workers: int = 2, extra: str = "", pin_file: bool = True,
-                 token_label: str = "hsmkms-e2e", token_dir: str = "data/tokens") -> Path:
-    """A deployment under ``root``: data in ``root/data``, a SoftHSM token of its own, listening on ``port``."""
+def write_config(root: Path, port: int, workers: int = 2, extra: str = "", pin: str | None = None,
+                 token: str = "softhsm", token_label: str = "hsmkms-e2e", token_dir: str = "data/tokens") -> Path:
+    """A deployment under ``root``: data in ``root/data``, a token of its own (see tests/tokens.py), listening
+    on ``port``.  ``pin``: the PIN comes from HSMKMS_HSM_PIN instead of a PIN file."""
     config = root / "hsmkms.toml"
     config.write_text(
         f"""
@@ -39,11 +43,7 @@ workers = {workers}
 [kms]
 region = "cn-hangzhou"
 account_id = "1234567890123456"
-[hsm]
-token_label = "{token_label}"
-{'pin_file = "data/token.pin"' if pin_file else ''}
-[hsm.softhsm]
-token_dir = "{token_dir}"
+{hsm_config(token, root / "data", token_label, pin, token_dir)}
 {extra}
 """,
         encoding="utf-8",
@@ -135,8 +135,9 @@ class LiveServer:
 
 
 def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: str | None = None,
-                     tls: bool = False, ops_port: int | None = None) -> LiveServer:
-    """Configure and provision (``hsmkms dev-setup``) a server; the caller starts it.
+                     tls: bool = False, ops_port: int | None = None, token: str = "softhsm") -> LiveServer:
+    """Configure and provision (``hsmkms dev-setup``) a server on a new ``token`` (tests/tokens.py); the caller
+    starts it.
 
     ``pin``: give the token PIN through HSMKMS_HSM_PIN instead of a PIN file.  ``tls``: serve HTTPS with a
     development CA and certificate.
@@ -145,7 +146,7 @@ def provision_server(root: Path, workers: int = 2, extra_config: str = "", pin: 
     port = free_port()
     if ops_port is not None:
         extra_config += f'\n[metrics]\nlisten = "127.0.0.1:{ops_port}"\n'
-    config = write_config(root, port, workers, extra_config, pin_file=pin is None)
+    config = write_config(root, port, workers, extra_config, pin=pin, token=token)
     credentials = root / "credentials.json"
     env = {"HSMKMS_HSM_PIN": pin} if pin else {}
     run_cli("dev-setup", "--config", str(config), "--credentials", str(credentials), *(["--tls"] if tls else []),

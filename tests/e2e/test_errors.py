@@ -59,6 +59,14 @@ def test_unknown_key(sdk, key_ref):
         assert (err.status, err.code) == (404, "Forbidden.KeyNotFound")
 
 
+def test_key_references_longer_than_any_real_one_are_refused(sdk):
+    for params in [{"KeyId": "x" * 1025}, {"KeyId": "alias/" + "a" * 1019}]:
+        err = refused(sdk, "DescribeKey", **params)
+        assert (err.status, err.code) == (400, "InvalidParameter")
+        assert "1024" in err.message and "xxxx" not in err.message
+    assert refused(sdk, "DescribeKey", KeyId="x" * 1024).code == "Forbidden.KeyNotFound"
+
+
 def test_unknown_alias(sdk):
     err = refused(sdk, "GenerateDataKey", KeyId="alias/never-made")
     assert (err.status, err.code) == (404, "Forbidden.AliasNotFound")

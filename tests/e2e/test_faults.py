@@ -22,13 +22,14 @@ import pkcs11
 import pytest
 from pkcs11 import exceptions as p11
 
-import hsmkms.hsm.pkcs11 as hsm_module
+import hsmkms.hsm.pkcs11.backend as hsm_module
 from hsmkms.api.auth import v1_signature, v1_string_to_sign
-from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from tests import tokens
 from tests.e2e.conftest import make_sdk
 from tests.e2e.inprocess import start_in_process
 from tests.e2e.sdk import ApiError
 from tests.e2e.server import provision_server
+from tests.hsm_double import ModuleDouble
 
 PIN = "faults-" + uuid.uuid4().hex
 
@@ -110,21 +111,30 @@ class _Proxy:
         return self._target[key]
 
 
-class FaultyLibrary(_Proxy):
-    """The process's real, shared library; finalising it would break the other tests, so that is a no-op."""
+class FaultyModule(ModuleDouble):
+    """The process's real, shared module (tests/hsm_double.py): python-pkcs11's objects are wrapped, and so are
+    hsmkms's own GCM calls."""
 
-    initialized = True
+    def __init__(self, real, faults: Faults):
+        super().__init__(real)
+        self._faults = faults
+        self.lib = _Proxy(real.lib, faults)
 
-    def finalize(self) -> None:
-        pass
+    def gcm_encrypt(self, *args):
+        self._faults.maybe_hang()
+        return self.real.gcm_encrypt(*args)
+
+    def gcm_decrypt(self, *args):
+        self._faults.maybe_hang()
+        return self.real.gcm_decrypt(*args)
 
 
 @pytest.fixture
 def faulty(hsm_settings, hsm, tmp_path, monkeypatch):
     faults = Faults()
-    real = hsm_module._library(hsm_settings.module)
-    monkeypatch.setattr(hsm_module, "_library", lambda path: FaultyLibrary(real, faults))
-    backend = Pkcs11Backend(hsm_settings.module, hsm_settings.token_label, hsm_settings.read_pin, wait_seconds=1)
+    real = hsm_module._library(hsm_settings.module, hsm_settings.init_reserved or None)
+    monkeypatch.setattr(hsm_module, "_library", lambda path, reserved=None: FaultyModule(real, faults))
+    backend = tokens.backend(hsm_settings, wait_seconds=1)
     server, stop = start_in_process(hsm_settings, backend, tmp_path, expect_errors=True)
     yield server, faults
     stop()
@@ -219,9 +229,9 @@ def test_real_token_made_unavailable_mid_run(tmp_path):
 
 
 @pytest.fixture
-def stored(hsm_settings, hsm, tmp_path):
-    settings = dataclasses.replace(hsm_settings, busy_timeout_ms=300)
-    server, stop = start_in_process(settings, hsm, tmp_path, expect_errors=True)
+def stored(base_settings, base_hsm, tmp_path):
+    settings = dataclasses.replace(base_settings, busy_timeout_ms=300)
+    server, stop = start_in_process(settings, base_hsm, tmp_path, expect_errors=True)
     yield server
     stop()
 
@@ -253,7 +263,7 @@ def restrict_connections(monkeypatch, store, *pragmas: str) -> None:
 
 
 @pytest.mark.parametrize("fault", ["locked", "read-only"])
-def test_store_faults_give_503_and_no_damage(stored, hsm, monkeypatch, fault):
+def test_store_faults_give_503_and_no_damage(stored, base_hsm, monkeypatch, fault):
     client = make_sdk("tea-v3", stored)
     key_id = client.call("CreateKey")["KeyMetadata"]["KeyId"]
     before = state_of(stored)
@@ -279,7 +289,7 @@ def test_store_faults_give_503_and_no_damage(stored, hsm, monkeypatch, fault):
             blocker.execute("ROLLBACK")
             blocker.close()
         monkeypatch.undo()
-    assert_intact(stored, hsm, before)
+    assert_intact(stored, base_hsm, before)
     assert client.call("CreateKeyVersion", KeyId=key_id)["KeyVersion"]["KeyId"] == key_id
 
 
@@ -293,8 +303,8 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_full_disk_gives_503_and_no_damage(hsm_settings, hsm, small_disk):
-    server, stop = start_in_process(hsm_settings, hsm, small_disk, expect_errors=True)
+def test_full_disk_gives_503_and_no_damage(base_settings, base_hsm, small_disk):
+    server, stop = start_in_process(base_settings, base_hsm, small_disk, expect_errors=True)
     try:
         client = make_sdk("tea-v3", server)
         key_id = client.call("CreateKey")["KeyMetadata"]["KeyId"]
@@ -309,7 +319,7 @@ def test_full_disk_gives_503_and_no_damage(hsm_settings, hsm, small_disk):
             err = refused(client, action, **params)
             assert (err.status, err.code) == (503, "ServiceUnavailableTemporary"), action
         ballast.unlink()  # space again
-        assert_intact(server, hsm, before)
+        assert_intact(server, base_hsm, before)
         assert client.call("CreateKeyVersion", KeyId=key_id)["KeyVersion"]["KeyId"] == key_id
     finally:
         stop()

@@ -119,4 +119,4 @@ def test_no_server_banner_and_health(server):
     assert status == 200 and json.loads(body) == {"status": "ok"}
     assert headers.get("server", "") == ""
     status, headers, body = send(server, "GET", "/readyz")
-    assert status == 200 and json.loads(body) == {"hsm": True, "store": True}
+    assert status == 200 and json.loads(body) == {"hsm": True, "store": True, "nonces": True}

@@ -1,4 +1,5 @@
-"""Every action of the foundation, round trip, through each official SDK and signature scheme."""
+"""Every action of the foundation, round trip, through each official SDK and signature scheme, against a live
+server on each test token (SoftHSM and NSS softoken)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.conftest import TOKENS
 from tests.e2e.conftest import make_sdk
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\Z")
 ARN_PREFIX = "acs:kms:cn-hangzhou:1234567890123456:"
+
+
+@pytest.fixture(params=TOKENS)
+def server(request, live_servers):
+    """This module's tests run against the live server of every test token."""
+    return live_servers(request.param)
 
 
 def test_create_and_describe_key(sdk):
@@ -157,3 +167,72 @@ def test_json_content_type_and_request_id(legacy, server):
     assert status == 200
     assert headers["Content-Type"] == "application/json;charset=utf-8"
     assert UUID.match(json.loads(body)["RequestId"])
+
+
+def test_random_password_with_every_option(sdk):
+    assert len(sdk.call("GetRandomPassword")["RandomPassword"]) == 32
+    password = sdk.call("GetRandomPassword", PasswordLength="64", ExcludeLowercase="true", ExcludeUppercase="true",
+                        ExcludePunctuation="true", ExcludeCharacters="13579")["RandomPassword"]
+    assert len(password) == 64 and set(password) <= set("02468")
+    required = sdk.call("GetRandomPassword", PasswordLength="8", RequireEachIncludedType="true",
+                        ExcludeNumbers="false")["RandomPassword"]
+    assert len(required) == 8
+    assert all(any(check(ch) for ch in required) for check in (str.islower, str.isupper, str.isdigit))
+    with pytest.raises(Exception) as caught:
+        sdk.call("GetRandomPassword", PasswordLength="7")
+    assert caught.value.code == "InvalidParameter"
+
+
+def test_regions_and_account_status(sdk):
+    assert sdk.call("DescribeRegions")["Regions"] == {"Region": [{"RegionId": "cn-hangzhou"}]}
+    assert sdk.call("DescribeAccountKmsStatus")["AccountStatus"] == "Enabled"
+
+
+@pytest.fixture(scope="module")
+def recipient():
+    """The caller's own RSA-2048 key pair, as another crypto module would hold it."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_key_blob(private_key) -> str:
+    der = private_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+def open_exported(private_key, exported: str, algorithm: str) -> bytes:
+    digest = hashes.SHA256() if algorithm == "RSAES_OAEP_SHA_256" else hashes.SHA1()
+    return private_key.decrypt(base64.b64decode(exported), padding.OAEP(padding.MGF1(digest), digest, None))
+
+
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1"])
+def test_export_data_keys_to_a_public_key(sdk, new_key, recipient, algorithm):
+    wrapping = {"PublicKeyBlob": public_key_blob(recipient), "WrappingKeySpec": "RSA_2048",
+                "WrappingAlgorithm": algorithm}
+    context = {"app": "export"}
+    made = sdk.call("GenerateAndExportDataKey", KeyId=new_key, EncryptionContext=context, **wrapping)
+    assert made["KeyId"] == new_key and UUID.match(made["KeyVersionId"])
+    plaintext = sdk.call("Decrypt", CiphertextBlob=made["CiphertextBlob"], EncryptionContext=context)["Plaintext"]
+    assert open_exported(recipient, made["ExportedDataKey"], algorithm) == base64.b64decode(plaintext)
+    assert len(base64.b64decode(plaintext)) == 32
+
+    data_key = sdk.call("GenerateDataKey", KeyId=new_key, NumberOfBytes=16, EncryptionContext=context)
+    exported = sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], EncryptionContext=context,
+                        **wrapping)
+    assert exported["KeyId"] == new_key and exported["KeyVersionId"] == data_key["KeyVersionId"]
+    assert open_exported(recipient, exported["ExportedDataKey"], algorithm) == base64.b64decode(data_key["Plaintext"])
+
+    for bad, param in [({"WrappingKeySpec": "EC_SM2"}, "WrappingKeySpec"),
+                       ({"WrappingAlgorithm": "SM2PKE"}, "WrappingAlgorithm"),
+                       ({"PublicKeyBlob": "bm90IGEga2V5"}, "PublicKeyBlob")]:
+        with pytest.raises(Exception) as caught:
+            sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], EncryptionContext=context,
+                     **{**wrapping, **bad})
+        assert (caught.value.status, caught.value.code) == (400, "InvalidParameter"), bad
+        assert param in caught.value.message
+    with pytest.raises(Exception) as caught:  # the context binds the export as it binds Decrypt
+        sdk.call("ExportDataKey", CiphertextBlob=data_key["CiphertextBlob"], **wrapping)
+    assert caught.value.code == "InvalidParameter"
+    with pytest.raises(Exception) as caught:  # more than OAEP can carry under a 2048-bit key
+        sdk.call("GenerateAndExportDataKey", KeyId=new_key, NumberOfBytes=1024, **wrapping)
+    assert caught.value.code == "InvalidParameter" and "NumberOfBytes" in caught.value.message

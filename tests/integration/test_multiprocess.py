@@ -11,7 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import uuid
 
-from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from tests import tokens
 
 
 def label(object_id: str) -> str:
@@ -20,7 +20,7 @@ def label(object_id: str) -> str:
 
 def serve_commands(settings, lock_path, conn) -> None:
     """A worker: makes keys, and reports whether it can use a key by id."""
-    backend = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, lock_path=lock_path)
+    backend = tokens.backend(settings, lock_path=lock_path)
     backend.open()
     while (command := conn.recv()) != "quit":
         if command == "create":
@@ -79,7 +79,7 @@ def log_in_and_out(settings, lock_path, rounds: int, conn) -> None:
     """A worker starting again and again: each start logs in, and SoftHSM rewrites its token file then."""
     failures = []
     for _ in range(rounds):
-        backend = Pkcs11Backend(settings.module, settings.token_label, settings.read_pin, lock_path=lock_path)
+        backend = tokens.backend(settings, lock_path=lock_path)
         try:
             backend.open()
             backend.random(16)

@@ -8,10 +8,14 @@ import uuid
 
 import pkcs11
 import pytest
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+from pkcs11.mechanisms import GCMParams
 
 from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from tests import tokens
+from tests.conftest import token_session
 
 
 def new_key(hsm) -> str:
@@ -23,21 +27,37 @@ def new_key(hsm) -> str:
 def test_master_key_attributes_on_the_token(hsm):
     object_id = new_key(hsm)
     info = hsm.key_info(object_id)
-    assert info.label == f"hsmkms:cmk:test:{object_id}"
+    assert info.label == hsm.namespace.cka_label(f"hsmkms:cmk:test:{object_id}")  # as on the token
     assert info.key_bits == 256
     assert (info.token, info.private, info.sensitive, info.extractable) == (True, True, True, False)
     assert (info.always_sensitive, info.never_extractable) == (True, True)
     assert (info.encrypt, info.decrypt) == (True, True)
     assert not any([info.wrap, info.unwrap, info.sign, info.verify, info.derive])
+    # NSS softoken has no CKA_ALLOWED_MECHANISMS: the key says so (None), and doctor notes it.
+    assert info.allowed_mechanisms == (("AES_GCM",) if hsm.profile.allowed_mechanisms else None)
+
+
+def test_a_master_key_refuses_every_mechanism_but_gcm(hsm, hsm_settings):
+    """With the PIN, AES-ECB on a master key would give GCM's hash subkey: the token itself refuses it (where
+    the token has CKA_ALLOWED_MECHANISMS; NSS softoken has not, which the test above and doctor show)."""
+    object_id = new_key(hsm)
+    if not hsm.profile.allowed_mechanisms:
+        assert hsm.allowed_mechanisms(object_id) is None
+        return
+    with token_session(hsm_settings) as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=hsm.namespace.cka_id(object_id))
+        for mechanism, param in [(Mechanism.AES_ECB, None), (Mechanism.AES_CBC_PAD, bytes(16))]:
+            with pytest.raises(p11.MechanismInvalid):  # SoftHSM's answer; the standard allows KEY_FUNCTION_...
+                key.encrypt(bytes(16), mechanism=mechanism, mechanism_param=param)
+        # GCM still works on that key
+        assert len(key.encrypt(b"x", mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(bytes(12), b"", 128))) == 17
 
 
 def test_key_value_cannot_be_read(hsm, hsm_settings):
     """Independently of the backend: the token itself refuses to reveal the key value."""
     object_id = new_key(hsm)
-    lib = pkcs11.lib(hsm_settings.module)
-    token = lib.get_token(token_label=hsm_settings.token_label)
-    with token.open() as session:  # the process is logged in already; a second session shares that
-        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id.encode())
+    with token_session(hsm_settings) as session:
+        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=hsm.namespace.cka_id(object_id))
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             key[Attribute.VALUE]
 
@@ -128,16 +148,15 @@ def test_backend_reopens_after_fork(hsm):
     assert hsm.gcm_decrypt(object_id, iv, sealed, b"") == b"from the parent"
 
 
-def test_a_freshly_opened_backend_has_read_what_the_crypto_path_needs(hsm, hsm_settings):
-    """Each attribute read costs SoftHSM tens of microseconds, and python-pkcs11 reads a key's type at its
-    first encrypt or decrypt: a worker reads it when it opens, not in a request."""
+def test_the_crypto_path_reads_no_attribute_of_a_key(hsm, hsm_settings):
+    """Each attribute read costs SoftHSM tens of microseconds: GCM goes through hsmkms's own C_Encrypt and
+    C_Decrypt on the cached handle, without python-pkcs11 reading the key's type first."""
     object_id = new_key(hsm)
-    worker = Pkcs11Backend(hsm_settings.module, hsm_settings.token_label, hsm_settings.read_pin)
+    worker = tokens.backend(hsm_settings)
     worker.open()  # lists the token, as a worker starting does
     try:
-        key = worker._keys[object_id]
-        assert "key_type" in vars(key)  # python-pkcs11's cached_property, already filled
         sealed = worker.gcm_encrypt(object_id, b"\0" * 12, b"data key", b"{}")
         assert worker.gcm_decrypt(object_id, b"\0" * 12, sealed, b"{}") == b"data key"
+        assert "key_type" not in vars(worker._keys[object_id])  # python-pkcs11's cached_property, never read
     finally:
         worker.close()

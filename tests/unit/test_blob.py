@@ -1,4 +1,4 @@
-"""CiphertextBlob format 1: a known-answer test pins the layout, and every malformation is refused."""
+"""CiphertextBlob formats 1 and 2: known-answer tests pin both layouts, and every malformation is refused."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import base64
 import pytest
 
 from hsmkms.errors import InvalidCiphertext
-from hsmkms.service.blob import IV_LEN, MAX_SEALED_LEN, TAG_LEN, VERSION_ID_LEN, Blob, decode, encode
+from hsmkms.service.blob import (
+    FORMAT_2,
+    IV_LEN,
+    MAX_SEALED_LEN,
+    TAG_LEN,
+    VERSION_ID_LEN,
+    Blob,
+    decode,
+    encode,
+)
 
 VERSION_ID = "86a9efd9-3d16-4894-bd4f-1fc43f3f2abf"
 IV = bytes(range(12))
@@ -172,5 +181,69 @@ def test_rejections_are_indistinguishable():
     ],
 )
 def test_encode_refuses_malformed_parts(blob):
+    with pytest.raises(ValueError):
+        encode(blob)
+
+
+# --- format 2: the token made the IV, whose length the blob carries ------------------------------------
+
+# Pinned format-2 encodings, with a 96-bit and a 128-bit IV. Changing them breaks every such ciphertext.
+KAT_2_BLOBS = [
+    (Blob(VERSION_ID, IV, SEALED, format=FORMAT_2),
+     "Ajg2YTllZmQ5LTNkMTYtNDg5NC1iZDRmLTFmYzQzZjNmMmFiZgwAAQIDBAUGBwgJCgtkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ent8fX5/gIGCgw=="),
+    (Blob(VERSION_ID, bytes(range(16)), SEALED, format=FORMAT_2),
+     "Ajg2YTllZmQ5LTNkMTYtNDg5NC1iZDRmLTFmYzQzZjNmMmFiZhAAAQIDBAUGBwgJCgsMDQ4PZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="),
+]
+
+
+@pytest.mark.parametrize("blob, text", KAT_2_BLOBS)
+def test_format_2_known_answers(blob, text):
+    assert encode(blob) == text
+    assert decode(text) == blob
+    assert base64.b64decode(text) == b"\x02" + VERSION_ID.encode() + bytes([len(blob.iv)]) + blob.iv + SEALED
+
+
+def test_format_1_stays_readable_and_is_told_apart_from_format_2():
+    assert decode(KAT_TEXT).format == 1
+    assert decode(KAT_2_BLOBS[0][1]).format == FORMAT_2
+
+
+def test_format_2_minimum_and_maximum_lengths():
+    header = 1 + VERSION_ID_LEN + 1
+    raw = base64.b64decode(KAT_2_BLOBS[0][1])
+    assert decode(b64(raw[: header + IV_LEN + TAG_LEN])).sealed == SEALED[:TAG_LEN]
+    for length in range(1, header + IV_LEN + TAG_LEN):
+        with pytest.raises(InvalidCiphertext):
+            decode(b64(raw[:length]))
+    longest = Blob(VERSION_ID, bytes(16), b"s" * MAX_SEALED_LEN, format=FORMAT_2)
+    assert decode(encode(longest)) == longest
+    with pytest.raises(InvalidCiphertext):
+        decode(encode(Blob(VERSION_ID, bytes(16), b"s" * (MAX_SEALED_LEN + 1), format=FORMAT_2)))
+
+
+@pytest.mark.parametrize("iv_len_byte", [0, 1, 11, 13, 15, 17, 255])
+def test_format_2_refuses_other_iv_lengths(iv_len_byte):
+    raw = b"\x02" + VERSION_ID.encode() + bytes([iv_len_byte]) + bytes(32) + SEALED
+    with pytest.raises(InvalidCiphertext):
+        decode(b64(raw))
+
+
+@pytest.mark.parametrize("first", [b"\x00", b"\x01", b"\x03", b"\xff"])
+def test_unknown_formats_are_refused(first):
+    raw = base64.b64decode(KAT_2_BLOBS[0][1])
+    with pytest.raises(InvalidCiphertext):
+        decode(b64(first + raw[1:]))
+
+
+def test_format_2_refuses_a_bad_version_id():
+    raw = b"\x02" + VERSION_ID.upper().encode() + bytes([12]) + IV + SEALED
+    with pytest.raises(InvalidCiphertext):
+        decode(b64(raw))
+
+
+@pytest.mark.parametrize("blob", [Blob(VERSION_ID, bytes(11), SEALED, format=FORMAT_2),
+                                  Blob(VERSION_ID, bytes(16), SEALED),  # format 1 takes 12-byte IVs only
+                                  Blob(VERSION_ID, IV, SEALED, format=3)])
+def test_encode_refuses_ivs_a_format_cannot_carry(blob):
     with pytest.raises(ValueError):
         encode(blob)

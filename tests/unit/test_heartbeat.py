@@ -15,7 +15,7 @@ WORKERS = 3
 
 
 class Healthy:
-    def ping(self) -> bool:
+    def ping(self, *canary) -> bool:
         return True
 
 
@@ -24,7 +24,7 @@ def _worker(directory, results) -> None:
     handler = logging.Handler()
     handler.emit = errors.append
     logging.getLogger("hsmkms.server").addHandler(handler)
-    app = SimpleNamespace(runtime=SimpleNamespace(hsm=Healthy(), store=Healthy()))
+    app = SimpleNamespace(runtime=SimpleNamespace(hsm=Healthy(), store=Healthy(), nonces=Healthy()))
     beat = threading.Thread(target=server._heartbeat, args=(app, directory), daemon=True)
     beat.start()
     time.sleep(1.0)

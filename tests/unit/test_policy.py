@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import tracemalloc
+import uuid
 
 import pytest
 
-from hsmkms.policy import ALLOW_ALL, MAX_POLICY_BYTES, Decision, Policy, PolicyError, parse_policy
+from hsmkms.api.actions import ACTIONS
+from hsmkms.policy import (
+    ALLOW_ALL,
+    KMS_ACTIONS,
+    MAX_POLICY_BYTES,
+    Decision,
+    Policy,
+    PolicyError,
+    Wildcard,
+    parse_policy,
+    policy_warnings,
+)
 
 ACCOUNT = "acs:kms:cn-hangzhou:1000000000000000"
 APP_KEY_ID = "0b4bd9bc-6c3e-4d2f-9a4e-1c1b2b1a7e10"
@@ -176,13 +190,17 @@ def test_actions_are_case_insensitive(pattern, action):
     ],
 )
 def test_regex_metacharacters_in_patterns_are_literal(name, literal, lookalike):
-    p = policy(allow("kms:Encrypt", f"{ACCOUNT}:alias/{name}"))
-    assert p.evaluate("Encrypt", [f"{ACCOUNT}:alias/{literal}"]).allowed
-    assert not p.evaluate("Encrypt", [f"{ACCOUNT}:alias/{lookalike}"]).allowed
+    # A region may hold any character but ':' (alias names and key ids are too strict to carry these).
+    p = policy(allow("kms:Encrypt", f"acs:kms:{name}:1:alias/app"))
+    assert p.evaluate("Encrypt", [f"acs:kms:{literal}:1:alias/app"]).allowed
+    assert not p.evaluate("Encrypt", [f"acs:kms:{lookalike}:1:alias/app"]).allowed
+    assert Wildcard(name).matches(literal) and not Wildcard(name).matches(lookalike)
 
 
 def test_action_metacharacters_are_literal():
-    assert not policy(allow("kms:De.rypt", "*")).evaluate("Decrypt", [APP_KEY]).allowed
+    assert not Wildcard("kms:De.rypt", ignore_case=True).matches("kms:Decrypt")
+    with pytest.raises(PolicyError, match="'kms:De.rypt' is not a KMS action"):
+        policy(allow("kms:De.rypt", "*"))
 
 
 def test_star_matches_across_separators_and_newlines():
@@ -385,7 +403,7 @@ def test_policies_are_immutable_and_comparable():
 
 
 def test_remembered_decisions_match_fresh_ones_and_stay_bounded(monkeypatch):
-    monkeypatch.setattr("hsmkms.policy.MAX_REMEMBERED_DECISIONS", 8)
+    monkeypatch.setattr("hsmkms.policy.MAX_REMEMBERED_BYTES", 4096)
     policy = parse_policy(OPERATOR_POLICY)
     fresh = parse_policy(OPERATOR_POLICY)
     cases = [(action, [f"acs:kms:cn-hangzhou:123:key/k{n}"])
@@ -393,5 +411,315 @@ def test_remembered_decisions_match_fresh_ones_and_stay_bounded(monkeypatch):
     for _ in range(3):  # second and third rounds come from memory (and the memory is cleared on the way)
         for action, resources in cases:
             assert policy.evaluate(action, resources) == fresh._decide(action, resources)
-            assert len(policy._decisions) <= 8
+            assert 0 < policy._memory.size[1] <= 4096
     assert {policy.evaluate(a, r).allowed for a, r in cases} == {True, False}
+
+
+def test_requests_longer_than_any_arn_are_decided_but_not_remembered():
+    policy = parse_policy(OPERATOR_POLICY)
+    for n in range(20):
+        huge = f"{ACCOUNT}:key/{n:05d}" + ":" * 60_000  # any caller can name a 60 KB KeyId
+        assert policy.evaluate("DescribeKey", [huge]) == Decision(True)
+        assert policy.evaluate("Decrypt", [huge]) == Decision(False, huge)
+        assert policy.evaluate("Encrypt", [APP_KEY, huge]) == Decision(True)
+    assert policy._memory.size == (0, 0)
+    policy.evaluate("DescribeKey", [APP_KEY])
+    assert policy._memory.size[0] == 1
+
+
+def test_remembered_decisions_stay_within_their_byte_budget_in_real_memory(monkeypatch):
+    """Unique ARN-sized resources, each referenced only by the memory once decided: what stays allocated is
+    what the memory holds, and it must stay within its budget (the old memory held 16,384 decisions per
+    policy whatever their size)."""
+    budget = 64 * 1024
+    monkeypatch.setattr("hsmkms.policy.MAX_REMEMBERED_BYTES", budget)
+    policy = parse_policy(APP_POLICY)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(2_000):
+            policy.evaluate("Decrypt", [f"{ACCOUNT}:key/{uuid.UUID(int=n)}", f"{ACCOUNT}:alias/app-{n}"])
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    entries, estimated = policy._memory.size
+    assert entries > 20 and estimated <= budget
+    assert grown <= budget, grown
+
+
+def test_wildcard_matching_time_does_not_explode_on_hostile_resources():
+    """A backtracking regex for acs:kms:*:*:key/* took 21 s on one 60 KB resource of colons (a KeyId any
+    caller can send); the matcher is linear.  The alarm is a guard against that blow-up, not a speed target:
+    the whole test takes milliseconds."""
+    p = policy(allow("kms:*", ["acs:kms:*:*:key/*", "acs:kms:*:*:alias/*?*?*"]),
+               deny("kms:Decrypt", "acs:kms:*:*:alias/*"))
+    hostile = [f"{ACCOUNT}:key/" + ":" * 60_000, "acs:kms:" + ":" * 60_000, f"{ACCOUNT}:alias/" + "a:" * 30_000]
+    previous = signal.signal(signal.SIGALRM, _too_slow)
+    signal.alarm(10)
+    try:
+        decisions = [p._decide(action, [r]) for r in hostile for action in ("Decrypt", "Encrypt")]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert [d.allowed for d in decisions] == [True, True, False, False, False, True]
+
+
+def _too_slow(signum, frame):
+    raise AssertionError("wildcard matching takes more than 10 s")
+
+
+@pytest.mark.parametrize(
+    "pattern, matching, not_matching",
+    [
+        ("", [""], ["a"]),
+        ("*", ["", "a", "a:b"], []),
+        ("**", ["", "abc"], []),
+        ("a*", ["a", "ab", "a*"], ["", "ba"]),
+        ("*a", ["a", "ba"], ["", "ab"]),
+        ("a*a", ["aa", "aba", "aaa"], ["a", "ab"]),
+        ("a*b*c", ["abc", "aXbYc", "abbc", "acbc"], ["acb", "ab", "abcx"]),
+        ("ab*ba", ["abba", "abxba", "ababa"], ["aba", "ab", "ba"]),  # the first and last piece may not overlap
+        ("*a*a*", ["aa", "aba", "baab"], ["a", "ba", ""]),  # nor may two middle pieces
+        ("*ab*ba*", ["abba", "xabyba"], ["aba", "baab"]),
+        ("?", ["a", "*", "\n"], ["", "ab"]),
+        ("a?*?b", ["axyb", "axxxyb"], ["axb", "ab"]),
+        ("*x?y*", ["x.y", "aaxqybb", "xxxy"], ["xy", "x..y"]),
+        ("a\nb", ["a\nb"], ["a\n"]),
+    ],
+)
+def test_wildcard_matching(pattern, matching, not_matching):
+    wildcard = Wildcard(pattern)
+    for text in matching:
+        assert wildcard.matches(text), text
+    for text in not_matching:
+        assert not wildcard.matches(text), text
+
+
+def test_wildcard_ignores_case_only_when_asked():
+    assert Wildcard("kms:Gen*Key", ignore_case=True).matches("KMS:generateDATAkey")
+    assert not Wildcard("kms:Gen*Key").matches("KMS:generateDATAkey")
+
+
+# --- validation of actions and resources when a policy is stored ---------------------------------------------
+
+
+def with_second_statement(**overrides) -> str:
+    """A document whose statement 2 is the one under test (so that errors must name the right one)."""
+    second = {"Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*"}
+    second.update(overrides)
+    return json.dumps({"Version": "1", "Statement": [allow("kms:*", "*"), second]})
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        ("kms:Decrpyt", "Action 'kms:Decrpyt' is not a KMS action (did you mean 'kms:Decrypt'?)"),
+        ("KMS:DECRPYT", "Action 'KMS:DECRPYT' is not a KMS action (did you mean 'kms:Decrypt'?)"),
+        ("kms:GenerateDataKeys", "Action 'kms:GenerateDataKeys' is not a KMS action (did you mean"),
+        ("kms:NoSuchAction", "Action 'kms:NoSuchAction' is not a KMS action."),
+        ("kms:Decrypt ", "Action 'kms:Decrypt ' is not a KMS action"),
+        ("kms:", "Action 'kms:' is not a KMS action"),
+        ("kms:X*", "Action 'kms:X*' matches no KMS action"),
+        ("kms:*Foo", "Action 'kms:*Foo' matches no KMS action"),
+        ("kms:Decrypt?", "Action 'kms:Decrypt?' matches no KMS action"),
+        ("ecs:*", "must be '*' or start with 'kms:'"),
+    ],
+)
+def test_unknown_actions_are_refused_naming_statement_and_word(action, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(with_second_statement(Action=["kms:Encrypt", action]))
+    assert str(info.value).startswith("Statement 2: ")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "*", "kms:*", "kms:Generate*", "kms:ReEncrypt*", "kms:ReEncrypt", "kms:ReEncryptFrom", "kms:reencryptto",
+        "kms:?ncrypt", "kms:*Secret*", "kms:decrypt", "KMS:DescribeKey",
+        # valid for Alibaba Cloud though this service does not implement them: not typos
+        "kms:AsymmetricSign", "kms:GetSecretValue", "kms:CreateCertificate", "kms:AdvanceEncrypt",
+        "kms:DescribeService", "kms:GetClientKey",
+    ],
+)
+def test_known_actions_and_wildcards_are_accepted(action):
+    assert parse_policy(with_second_statement(Action=action)).statements[1].actions == (action,)
+
+
+def test_the_known_actions_are_alibabas_and_cover_every_action_served():
+    assert len(KMS_ACTIONS) == 91 + 11 + 1 + 2  # Tea 3.3.1, legacy only, npm only, ReEncryptFrom/To
+    assert set(ACTIONS) <= KMS_ACTIONS
+    for name in KMS_ACTIONS:
+        parse_policy(with_second_statement(Action=f"kms:{name}"))
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "*",
+        "acs:kms:*",
+        "acs:*",
+        "acs:kms:*:*:key/*",
+        "acs:kms:*:*:key",
+        "acs:kms:*:*:alias",
+        "acs:kms:*:*:alias/*",
+        "acs:kms:cn-hangzhou:123:alias/app*",
+        "acs:kms:cn-hangzhou:123:alias/team/app-1_x",
+        APP_KEY,
+        APP_ALIAS,
+        KEYS_COLLECTION,
+        f"{ACCOUNT}:key/0b4bd9bc-*",
+        f"{ACCOUNT}:key/????????-????-????-????-????????????",
+        "acs:kms:*:*:key/*-*-*-*-*",
+        "acs:kms:*:key/*",  # the '*' spans region and account
+        "acs:kms:*alias/app",
+        "acs:*:alias/*",
+        "acs:kms:*/x",  # an alias name may hold '/'
+        "acs:kms:a b.c:1:key/*",  # a region may hold any character but ':'
+        f"acs:kms:*:*:alias/{'a' * 255}",
+    ],
+)
+def test_resources_that_can_match_are_accepted(resource):
+    assert parse_policy(with_second_statement(Resource=resource)).statements[1].resources == (resource,)
+
+
+@pytest.mark.parametrize(
+    "resource, where",
+    [
+        ("acs:kms:*:*:kye/*", "no ARN starts like 'acs:kms:*:*:ky'"),
+        ("acs:kms:*:kye/*", "no ARN starts like 'acs:kms:*:ky'"),  # the '*' cannot reach past ':key/...'
+        ("acs:kms:*:*:keys/*", "no ARN starts like 'acs:kms:*:*:keys'"),
+        ("acs:kms:*:*:Key/*", "no ARN starts like 'acs:kms:*:*:K'"),
+        ("acs:kms:*:*:secret/*", "no ARN starts like 'acs:kms:*:*:s'"),
+        ("acs:KMS:*", "no ARN starts like 'acs:K'"),
+        ("acs:ecs:*", "no ARN starts like 'acs:e'"),
+        ("acs:kms:cn-hangzhou:key/*", "no ARN starts like 'acs:kms:cn-hangzhou:k'"),  # no account
+        ("acs:kms:cn-hangzhou:12a:key/*", "no ARN starts like 'acs:kms:cn-hangzhou:12a'"),
+        ("acs:kms::123:key/*", "no ARN starts like 'acs:kms::'"),
+        (f"{ACCOUNT}:key/0B4BD9BC-*", f"no ARN starts like '{ACCOUNT}:key/0B'"),  # key ids are lowercase
+        (f"{ACCOUNT}:key/0b4bd9bc", "it ends before any ARN does"),  # a key id is a whole UUID
+        (f"{ACCOUNT}:key/app", f"no ARN starts like '{ACCOUNT}:key/ap'"),
+        ("acs:kms:*:*:key/*-*-*-*-*-*", "no ARN starts like"),  # a key id has four dashes
+        ("acs:kms:*:*:key/*:*", "no ARN starts like"),
+        ("acs:kms:*:*:alias/app:prod", "no ARN starts like 'acs:kms:*:*:alias/app:'"),
+        ("acs:kms:*:*:alias/app.prod", "no ARN starts like 'acs:kms:*:*:alias/app.'"),
+        ("acs:kms:*:*:alias/", "it ends before any ARN does"),
+        (f"acs:kms:*:*:alias/{'a' * 256}", "no ARN starts like"),
+        ("acs:kms:*:*:key/*/", "no ARN starts like"),
+        ("acs:kms:*:*:key/alias/x", "no ARN starts like 'acs:kms:*:*:key/al'"),
+        ("acs:kms:*:*:key:", "no ARN starts like 'acs:kms:*:*:key:'"),
+        ("key/*", "must be '*' or an ARN starting with 'acs:'"),
+        ("acs", "must be '*' or an ARN starting with 'acs:'"),
+    ],
+)
+def test_resources_that_can_never_match_are_refused_naming_statement_and_word(resource, where):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(with_second_statement(Resource=["*", resource]))
+    message = str(info.value)
+    assert message.startswith(f"Statement 2: Resource {resource!r} ")
+    assert where in message
+
+
+def test_validation_names_the_first_bad_statement():
+    doc = {"Version": "1", "Statement": [allow("kms:*", "*"), allow("kms:Encrypt", APP_KEY),
+                                          deny("kms:Decrypt", "acs:kms:*:*:kye/*"), deny("kms:Decrpyt", "*")]}
+    with pytest.raises(PolicyError, match=r"^Statement 3: Resource 'acs:kms:\*:\*:kye/\*'"):
+        parse_policy(json.dumps(doc))
+
+
+# --- kms:ReEncrypt means both halves ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["kms:ReEncrypt", "kms:reencrypt", "KMS:REENCRYPT", "kms:ReEncrypt*",
+                                  "kms:*crypt", "kms:Re?ncrypt"])
+def test_a_deny_on_re_encrypt_denies_both_halves(name):
+    p = policy(allow("kms:*", "*"), deny(name, OTHER_KEY))
+    assert p.evaluate("ReEncryptFrom", [OTHER_KEY]) == Decision(False, OTHER_KEY)
+    assert p.evaluate("ReEncryptTo", [OTHER_KEY]) == Decision(False, OTHER_KEY)
+    assert p.evaluate("kms:ReEncryptFrom", [APP_KEY]).allowed
+    assert p.evaluate("Decrypt", [OTHER_KEY]).allowed == (name != "kms:*crypt")
+
+
+def test_an_allow_on_re_encrypt_grants_both_halves_and_nothing_else():
+    p = policy(allow("kms:ReEncrypt", APP_KEY))
+    assert p.evaluate("ReEncryptFrom", [APP_KEY]).allowed
+    assert p.evaluate("ReEncryptTo", [APP_KEY]).allowed
+    assert not p.evaluate("Decrypt", [APP_KEY]).allowed
+    assert not p.evaluate("ReEncryptTo", [OTHER_KEY]).allowed
+
+
+def test_one_half_names_only_that_half():
+    p = policy(allow("kms:ReEncryptFrom", "*"))
+    assert p.evaluate("ReEncryptFrom", [APP_KEY]).allowed
+    assert not p.evaluate("ReEncryptTo", [APP_KEY]).allowed
+    assert p.statements[0].actions == ("kms:ReEncryptFrom",)
+
+
+def test_the_expansion_keeps_the_document_as_written():
+    p = policy(deny("kms:ReEncrypt", "*"), allow("kms:*", "*"))
+    assert p.statements[0].actions == ("kms:ReEncrypt",)
+    assert json.loads(p.to_json())["Statement"][0]["Action"] == "kms:ReEncrypt"
+    assert parse_policy(p.to_json()) == p
+
+
+# --- warnings: a Deny on Decrypt that ReEncryptFrom gets around ---------------------------------------------
+
+
+def test_warns_when_decrypt_is_denied_where_re_encrypt_from_is_allowed():
+    """The issue's case: kms:* allowed, kms:Decrypt denied on key B: re-encrypt B's blob under A, decrypt it."""
+    warnings = policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", OTHER_KEY)))
+    assert len(warnings) == 1
+    assert warnings[0].startswith("Statement 2 denies kms:Decrypt, but statement 1 still allows kms:ReEncryptFrom")
+    assert f"for example {OTHER_KEY}" in warnings[0]
+    assert "ReEncrypt a ciphertext of such a key under a key it may decrypt with, then Decrypt it" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        # ReEncryptFrom is denied wherever Decrypt is
+        [allow("kms:*", "*"), deny(["kms:Decrypt", "kms:ReEncrypt"], OTHER_KEY)],
+        [allow("kms:*", "*"), deny(["kms:Decrypt", "kms:ReEncrypt*"], "*")],
+        [allow("kms:*", "*"), deny("kms:Decrypt", OTHER_KEY), deny("kms:ReEncryptFrom", "acs:kms:*:*:key/*")],
+        [allow("kms:*", "*"), deny("kms:Decrypt", f"{ACCOUNT}:key/5f*"), deny("kms:*", f"{ACCOUNT}:key/5*")],
+        # ReEncryptFrom is not allowed where Decrypt is denied
+        [allow("kms:ReEncrypt*", APP_KEY), deny("kms:Decrypt", OTHER_KEY)],
+        [allow(["kms:Decrypt", "kms:Encrypt"], "*"), deny("kms:Decrypt", OTHER_KEY)],
+        # no Deny on Decrypt at all
+        [allow("kms:*", "*")],
+        [allow("kms:*", "*"), deny("kms:Encrypt", OTHER_KEY)],
+    ],
+)
+def test_no_warning_when_there_is_no_way_around(statements):
+    assert policy_warnings(policy(*statements)) == []
+
+
+def test_warns_about_the_keys_a_partial_deny_on_re_encrypt_leaves_open():
+    p = policy(allow("kms:*", "*"), deny("kms:Decrypt", f"{ACCOUNT}:key/*"),
+               deny("kms:ReEncryptFrom", f"{ACCOUNT}:key/0*"))
+    (warning,) = policy_warnings(p)
+    example = warning.split("for example ")[1].split(")")[0]
+    assert example.startswith(f"{ACCOUNT}:key/") and not example.startswith(f"{ACCOUNT}:key/0")
+    assert not p.evaluate("Decrypt", [example]).allowed and p.evaluate("ReEncryptFrom", [example]).allowed
+
+
+def test_one_warning_per_deny_statement():
+    p = policy(allow("kms:ReEncrypt*", "*"), deny("kms:Decrypt", APP_KEY), allow("kms:*", "*"),
+               deny("kms:Decrypt", OTHER_KEY))
+    warnings = policy_warnings(p)
+    assert [w.split(",")[0] for w in warnings] == ["Statement 2 denies kms:Decrypt", "Statement 4 denies kms:Decrypt"]
+    assert "statement 1 still allows" in warnings[0] and "statement 1 still allows" in warnings[1]
+
+
+@pytest.mark.parametrize("resources", ["acs:kms:*:*:alias/*", KEYS_COLLECTION, ["acs:kms:*:*:alias/app", "acs:kms:*:*:alias"]])
+def test_warns_that_a_decrypt_deny_on_aliases_only_denies_no_decrypt(resources):
+    (warning,) = policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", resources)))
+    assert warning.startswith("Statement 2 denies kms:Decrypt only on resources that are not keys")
+    assert policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", [*([resources] if isinstance(
+        resources, str) else resources), "acs:kms:*:*:key/*"]), deny("kms:ReEncrypt", "*"))) == []
+
+
+def test_readme_style_operator_policy_has_no_warning():
+    assert policy_warnings(parse_policy(OPERATOR_POLICY)) == []
+    assert policy_warnings(parse_policy(APP_POLICY)) == []
+    assert policy_warnings(ALLOW_ALL) == []

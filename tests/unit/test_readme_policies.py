@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from hsmkms.policy import parse_policy
+import pytest
+
+from hsmkms.policy import PolicyError, parse_policy, policy_warnings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ARN = "acs:kms:cn-hangzhou:1000000000000000"
@@ -39,3 +42,40 @@ def test_operator_example():
     for action in ["Decrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Encrypt", "ReEncryptFrom"]:
         decision = operator.evaluate(action, [APP_KEY])
         assert not decision.allowed and decision.denied_resource == APP_KEY, action
+
+
+def test_readme_examples_raise_no_warning_and_deny_both_halves_of_re_encrypt():
+    app, operator = readme_policies()
+    assert policy_warnings(app) == [] and policy_warnings(operator) == []
+    for half in ("ReEncryptFrom", "ReEncryptTo"):
+        assert not operator.evaluate(half, [APP_KEY]).allowed
+
+
+def one_statement(action: str = "kms:Decrypt", resource: str = "*") -> str:
+    return json.dumps({"Version": "1", "Statement": [{"Effect": "Deny", "Action": action, "Resource": resource}]})
+
+
+# What the README's validation paragraph shows as accepted and refused ("..." stands for the region and account).
+ACCEPTED_RESOURCES = ["acs:kms:*", "acs:kms:*:*:key/*", "acs:kms:*:*:alias/app*"]
+REFUSED_RESOURCES = ["acs:kms:*:*:kye/*", "acs:kms:cn-hangzhou:key/*", "...:key/0B4BD9BC-...", "...:alias/app.prod",
+                     "acs:ecs:*"]
+ACCEPTED_ACTIONS = ["kms:GetSecretValue", "kms:AsymmetricSign", "kms:ReEncrypt", "kms:ReEncrypt*", "kms:*crypt"]
+REFUSED_ACTIONS = ["kms:Decrpyt", "kms:NoSuchAction"]
+
+
+def test_readme_validation_examples_are_true():
+    text = README.read_text(encoding="utf-8")
+    for word in ACCEPTED_RESOURCES + REFUSED_RESOURCES + ACCEPTED_ACTIONS + REFUSED_ACTIONS:
+        assert f"`{word}`" in text, word
+    concrete = {"...:key/0B4BD9BC-...": f"{ARN}:key/0B4BD9BC-6C3E-4D2F-9A4E-1C1B2B1A7E10",
+                "...:alias/app.prod": f"{ARN}:alias/app.prod"}
+    for resource in ACCEPTED_RESOURCES:
+        parse_policy(one_statement(resource=resource))
+    for resource in REFUSED_RESOURCES:
+        with pytest.raises(PolicyError, match="Statement 1: Resource"):
+            parse_policy(one_statement(resource=concrete.get(resource, resource)))
+    for action in ACCEPTED_ACTIONS:
+        parse_policy(one_statement(action=action))
+    for action in REFUSED_ACTIONS:
+        with pytest.raises(PolicyError, match=f"Statement 1: Action '{action}' is not a KMS action"):
+            parse_policy(one_statement(action=action))

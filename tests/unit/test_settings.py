@@ -374,3 +374,58 @@ def test_settings_repr_has_no_pin(tmp_path, monkeypatch):
     monkeypatch.setenv(PIN_ENV, PIN_VALUE)
     settings = load(None, environ={PIN_ENV: PIN_VALUE})
     assert PIN_VALUE not in repr(settings)
+
+
+def test_store_and_nonce_urls(tmp_path):
+    path = write(tmp_path, '[store]\nurl = "postgresql://hsmkms@db:5432/kms"\npool_size = 8\n'
+                           '[auth]\nnonce_url = "redis://cache:6379/2"\n')
+    settings = load(path, environ={})
+    assert (settings.store_url, settings.store_pool_size, settings.nonce_url) == \
+        ("postgresql://hsmkms@db:5432/kms", 8, "redis://cache:6379/2")
+    assert settings.uses_postgres
+    from_env = load(None, environ={"HSMKMS_STORE_URL": "postgres://db/kms", "HSMKMS_AUTH_NONCE_URL": "",
+                                   "HSMKMS_STORE_POOL_SIZE": "2"})
+    assert (from_env.store_url, from_env.store_pool_size, from_env.nonce_url) == ("postgres://db/kms", 2, "")
+    defaults = load(None, environ={})
+    assert (defaults.store_url, defaults.nonce_url, defaults.uses_postgres) == ("", "", False)
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "complaint"),
+    [
+        ("HSMKMS_STORE_URL", "mysql://db/kms", "must start with"),
+        ("HSMKMS_STORE_URL", "redis://cache:6379/0", "must start with"),
+        ("HSMKMS_STORE_URL", "db.example:5432", "must start with"),
+        ("HSMKMS_AUTH_NONCE_URL", "memcached://cache", "must start with"),
+        ("HSMKMS_STORE_URL", "postgresql://hsmkms:s3cret@db/kms", "password"),
+        ("HSMKMS_STORE_URL", "postgresql://db/kms?user=a&password=s3cret", "password"),
+        ("HSMKMS_AUTH_NONCE_URL", "redis://:s3cret@cache:6379/0", "password"),
+        ("HSMKMS_STORE_POOL_SIZE", "0", "pool_size"),
+    ],
+)
+def test_bad_store_or_nonce_settings(variable, url, complaint):
+    with pytest.raises(SettingsError) as info:
+        load(None, environ={variable: url})
+    assert complaint in str(info.value)
+    assert "s3cret" not in str(info.value)  # a secret is never repeated in a message
+
+
+def test_the_hsm_lock_file(tmp_path):
+    shared = load(write(tmp_path, 'data_dir = "node1"\n[hsm]\nlock_file = "shared/hsm.lock"\n', "n1.toml"), environ={})
+    assert shared.hsm_lock_path == (tmp_path / "shared" / "hsm.lock").resolve()
+    alone = load(write(tmp_path, 'data_dir = "node2"\n', "n2.toml"), environ={})
+    assert alone.hsm_lock_path == (tmp_path / "node2" / "hsm.lock").resolve()
+
+
+def test_token_profile_follows_the_module_unless_named(tmp_path):
+    assert load(environ={}).hsm_profile.name == "softhsm"
+    nss = load(environ={"HSMKMS_HSM_MODULE": "/usr/lib/x86_64-linux-gnu/libsoftokn3.so"})
+    assert nss.hsm_profile.name == "nss"
+    vendor = load(environ={"HSMKMS_HSM_MODULE": "/opt/safenet/lunaclient/lib/libCryptoki2_64.so"})
+    assert vendor.hsm_profile.name == "generic"
+    assert not (vendor.hsm_profile.file_lock or vendor.hsm_profile.general_error_is_tag_mismatch)
+    named = load(write(tmp_path, '[hsm]\nmodule = "/opt/x.so"\nprofile = "softhsm"\ninit_reserved = "a=b"\n'),
+                 environ={})
+    assert (named.hsm_profile.name, named.init_reserved) == ("softhsm", "a=b")
+    with pytest.raises(SettingsError, match="profile must be one of softhsm, nss, generic"):
+        load(environ={"HSMKMS_HSM_PROFILE": "luna"})

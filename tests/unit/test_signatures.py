@@ -744,8 +744,29 @@ def test_v3_upper_case_signature_passes(auth):
     assert auth.authenticate(v3_request(signature_case=str.upper)).access_key_id == "AK"
 
 
+FORM_HEADERS = {"content-type": "application/x-www-form-urlencoded"}
+
+
 def test_v3_with_body_passes(auth):
-    assert auth.authenticate(v3_request(body=b"Recipient=abc%2B")).access_key_id == "AK"
+    request = v3_request(body=b"Recipient=abc%2B", extra_headers=FORM_HEADERS)
+    assert auth.authenticate(request).access_key_id == "AK"
+
+
+def test_v3_with_body_and_unsigned_content_type_is_incomplete(auth):
+    # Unsigned, Content-Type could be changed in transit so that the form body's parameters are dropped.
+    request = v3_request(body=b"EncryptionContext=%7B%7D", extra_headers=FORM_HEADERS,
+                         signed=tuple(sorted(name for name in SIX_SIGNED)))
+    with pytest.raises(IncompleteSignature) as info:
+        auth.authenticate(request)
+    assert "content-type" in info.value.message
+    without_header = v3_request(body=b"EncryptionContext=%7B%7D", nonce="no-type")
+    with pytest.raises(IncompleteSignature):
+        auth.authenticate(without_header)
+
+
+def test_v3_without_body_needs_no_signed_content_type(auth):
+    assert "content-type" not in v3_request().headers["authorization"]
+    assert auth.authenticate(v3_request()).access_key_id == "AK"
 
 
 def test_v3_same_nonce_twice(auth):
@@ -769,7 +790,7 @@ def test_v3_unsigned_host_is_incomplete(auth):
 
 
 def test_v3_body_not_matching_content_sha256(auth):
-    request = v3_request(body=b"Recipient=abc", declared_hash=EMPTY_SHA256)
+    request = v3_request(body=b"Recipient=abc", declared_hash=EMPTY_SHA256, extra_headers=FORM_HEADERS)
     with pytest.raises(SignatureDoesNotMatch) as info:
         auth.authenticate(request)
     assert ":" in info.value.message
@@ -777,7 +798,7 @@ def test_v3_body_not_matching_content_sha256(auth):
 
 def test_v3_body_mismatch_does_not_burn_nonce(auth):
     with pytest.raises(SignatureDoesNotMatch):
-        auth.authenticate(v3_request(body=b"x", declared_hash=EMPTY_SHA256, nonce="keep"))
+        auth.authenticate(v3_request(body=b"x", declared_hash=EMPTY_SHA256, nonce="keep", extra_headers=FORM_HEADERS))
     assert auth.authenticate(v3_request(nonce="keep")).access_key_id == "AK"
 
 
@@ -799,7 +820,7 @@ def test_v3_tampered_query(auth):
 def test_v3_form_body_params_are_not_in_canonical_query(auth):
     # Params merged from a form body are not part of the V3 canonical query; the body hash covers them.
     body = b"Recipient=abc"
-    request = v3_request(body=body)
+    request = v3_request(body=body, extra_headers=FORM_HEADERS)
     merged = {**request.params, "Recipient": "abc"}
     signed = SignedRequest("POST", "/", request.query, merged, request.headers, body)
     assert auth.authenticate(signed).access_key_id == "AK"
