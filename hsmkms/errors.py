@@ -68,6 +68,14 @@ class RequestTooLarge(KmsError):
         super().__init__(f"The request {what} exceeds the limit of {limit} bytes.")
 
 
+class RequestTimeout(KmsError):
+    """The request body did not arrive within [server] body_timeout_seconds; Alibaba documents no code for
+    it, so the name of the HTTP status."""
+
+    code, status = "RequestTimeout", 408
+    message = "The request body did not arrive in time."
+
+
 # --- authentication ------------------------------------------------------------------------------------
 
 

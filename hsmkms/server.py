@@ -3,6 +3,8 @@
 Why granian: measured on the 2-core development machine (README, Performance), it costs about 130 µs of
 CPU per request against 320-350 µs for gunicorn (sync or gthread), which gave hsmkms 1.7-2x the requests a
 second at lower latency; it never answers with an HTML page, and it shuts down gracefully on SIGTERM.
+Each worker serves ``hsmkms.front``: granian's RSGI interface, which reads a request body whole and under a
+deadline before the WSGI application runs, so that slow clients cannot hold the worker.
 
 The master process checks the token and the schema once, closes its PKCS#11 session, and only then forks:
 each worker initialises the library, logs in and opens its own session after the fork, and runs the
@@ -22,11 +24,12 @@ import time
 from pathlib import Path
 
 from granian import Granian
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
 from hsmkms.app import Application, build_runtime, create_app, readiness
+from hsmkms.front import WsgiFront
 from hsmkms.hsm.backend import HsmError
 from hsmkms.metrics import MULTIPROC_ENV
 from hsmkms.scheduler import Scheduler
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Granian reads a whole request head into this buffer: the Tea SDK puts up to ~30 KB of parameters in the URL.
 REQUEST_HEAD_BYTES = 128 * 1024
+# Connections open at once, for the whole server (each worker takes its share; granian's default).
+MAX_CONNECTIONS = 1024
 HEARTBEAT_SECONDS = 2.0
 GRACEFUL_SECONDS = 30
 
@@ -92,6 +97,11 @@ def worker_app(settings: Settings) -> Application:
     return app
 
 
+def front(settings: Settings, app) -> WsgiFront:
+    """The RSGI application granian serves in each worker, in front of the WSGI ``app``."""
+    return WsgiFront(app, settings.max_body_bytes, settings.body_timeout_seconds)
+
+
 def _heartbeat(app: Application, directory: Path) -> None:
     """Tell the master, every HEARTBEAT_SECONDS, whether this worker is ready."""
     path = directory / f"ready.{os.getpid()}"
@@ -112,9 +122,12 @@ def server_options(settings: Settings) -> dict:
     options = {
         "address": host,
         "port": port,
-        "interface": Interfaces.WSGI,
+        # RSGI, not WSGI: see hsmkms.front (bodies are read under a deadline before the application runs).
+        "interface": Interfaces.RSGI,
         "workers": worker_count(settings),
-        # PKCS#11 calls are serialised within a process anyway; more threads only cost memory.
+        "backpressure": max(1, MAX_CONNECTIONS // worker_count(settings)),
+        # RSGI takes one; the application runs on the event loop's thread (PKCS#11 calls are serialised
+        # within a process anyway).
         "blocking_threads": 1,
         "http": HTTPModes.http1,
         "websockets": False,
@@ -125,7 +138,9 @@ def server_options(settings: Settings) -> dict:
         "workers_kill_timeout": GRACEFUL_SECONDS,
     }
     if settings.tls_certificate is not None:
-        options |= {"ssl_cert": settings.tls_certificate, "ssl_key": settings.tls_key}
+        # rustls: ECDHE key exchange and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305), whatever the version.
+        options |= {"ssl_cert": settings.tls_certificate, "ssl_key": settings.tls_key,
+                    "ssl_protocol_min": SSLProtocols(f"tls{settings.tls_min_version}")}
     return options
 
 
@@ -138,4 +153,4 @@ def serve(settings: Settings) -> None:
 
         start_operations_listener(settings, worker_count(settings), run_directory(settings))
     log.info("serving on %s://%s with %d workers", settings.scheme, settings.listen, worker_count(settings))
-    server.serve(target_loader=lambda _target: worker_app(settings))
+    server.serve(target_loader=lambda _target: front(settings, worker_app(settings)))

@@ -24,6 +24,7 @@ from hsmkms.store.nonces import MAX_TABLE_PAGES, PAGES_PER_MIB
 
 PIN_ENV = "HSMKMS_HSM_PIN"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+TLS_VERSIONS = ("1.2", "1.3")
 
 
 class SettingsError(Exception):
@@ -38,8 +39,10 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     workers: int = 0  # 0: one worker process per CPU core
     max_body_bytes: int = 64 * 1024
+    body_timeout_seconds: int = 10  # a request body must arrive whole within this, or is answered 408
     tls_certificate: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
+    tls_min_version: str = "1.2"  # "1.2" or "1.3"
     # [kms]
     region: str = "cn-hangzhou"
     account_id: str = "1000000000000000"
@@ -155,8 +158,10 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("server", "listen"): "listen",
     ("server", "workers"): "workers",
     ("server", "max_body_bytes"): "max_body_bytes",
+    ("server", "body_timeout_seconds"): "body_timeout_seconds",
     ("server", "tls_certificate"): "tls_certificate",
     ("server", "tls_key"): "tls_key",
+    ("server", "tls_min_version"): "tls_min_version",
     ("kms", "region"): "region",
     ("kms", "account_id"): "account_id",
     ("hsm", "module"): "module",
@@ -185,9 +190,9 @@ _FIELDS: dict[tuple[str, str], str] = {
 }
 _PATH_FIELDS = {"data_dir", "pin_file", "softhsm_token_dir", "database", "audit_path", "tls_certificate", "tls_key",
                 "hsm_lock_file"}
-_INT_FIELDS = {"workers", "max_body_bytes", "busy_timeout_ms", "store_pool_size", "hsm_wait_seconds",
-               "clock_skew_seconds", "nonce_table_mib", "scheduler_interval_seconds", "audit_max_bytes",
-               "audit_backup_count"}
+_INT_FIELDS = {"workers", "max_body_bytes", "body_timeout_seconds", "busy_timeout_ms", "store_pool_size",
+               "hsm_wait_seconds", "clock_skew_seconds", "nonce_table_mib", "scheduler_interval_seconds",
+               "audit_max_bytes", "audit_backup_count"}
 
 
 def env_name(section: str, key: str) -> str:
@@ -286,6 +291,10 @@ def _validate(settings: Settings) -> None:
         raise SettingsError("workers must be 0 (one per core) or more")
     if settings.max_body_bytes < 1:
         raise SettingsError("max_body_bytes must be positive")
+    if settings.body_timeout_seconds < 1:
+        raise SettingsError("[server] body_timeout_seconds must be positive")
+    if settings.tls_min_version not in TLS_VERSIONS:
+        raise SettingsError(f'[server] tls_min_version must be "1.2" or "1.3", not {settings.tls_min_version!r}')
     if settings.busy_timeout_ms < 1 or settings.hsm_wait_seconds < 1:
         raise SettingsError("[store] busy_timeout_ms and [hsm] wait_seconds must be positive")
     if settings.audit_max_bytes < 0 or settings.audit_backup_count < 0:

@@ -24,7 +24,7 @@ from hsmkms.errors import KmsError
 
 JSON_TYPE = "application/json;charset=utf-8"
 XML_TYPE = "application/xml;charset=utf-8"
-# Replaces the WSGI server's banner (granian names itself otherwise): a response names no software.
+# Replaces the HTTP server's banner (granian names itself otherwise): a response names no software.
 SERVER_HEADER = ("Server", "")
 # Characters XML 1.0 cannot carry, escaped or not; shown as U+FFFD in XML (JSON carries them as they are).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")

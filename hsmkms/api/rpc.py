@@ -33,6 +33,7 @@ from hsmkms.errors import (
     KmsError,
     MissingParameter,
     ParseRequestParameterException,
+    RequestTimeout,
     RequestTooLarge,
     ServiceUnavailable,
     UnsupportedHTTPMethod,
@@ -88,6 +89,8 @@ def read_body(environ: dict, limit: int) -> bytes:
         return b""
     except KmsError:
         raise
+    except TimeoutError:  # the server stopped waiting for it (hsmkms.front)
+        raise RequestTimeout() from None
     except Exception as exc:  # a broken chunk, a client gone mid-body, a malformed length
         log.info("unreadable request body: %s", type(exc).__name__)
         raise ParseRequestParameterException("The request body could not be read.") from None

@@ -7,7 +7,7 @@ What it does, every step bounded in time (the whole run stays under 13 minutes):
 1. A fresh deployment in a temporary folder: a configuration written like the e2e suite's, a new SoftHSM
    token, schema, access key and ``alias/dev`` through ``hsmkms dev-setup``.
 2. The bare serving stack: ``bare_app.py`` (a Flask app answering a fixed JSON body) served with the server
-   and options ``hsmkms.server.server_options`` gives, 2 workers; wrk replays the same
+   and options ``hsmkms.server.server_options`` gives, behind the same front, 2 workers; wrk replays the same
    pre-signed GenerateDataKey requests against it.
 3. ``hsmkms serve --config ...`` with 2 workers.  Every request is signed beforehand (V1 HMAC-SHA1 through
    ``hsmkms.api.auth``; unique SignatureNonce, current Timestamp) and written to a file that

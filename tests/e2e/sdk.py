@@ -19,6 +19,7 @@ from aliyunsdkcore.acs_exception.exceptions import ClientException as LegacyClie
 from aliyunsdkcore.acs_exception.exceptions import ServerException as LegacyServerException
 from aliyunsdkcore.client import AcsClient
 from darabonba.exceptions import ResponseException
+from darabonba.runtime import RuntimeOptions
 
 
 @dataclass
@@ -35,20 +36,24 @@ def snake(name: str) -> str:
 class TeaSdk:
     """``alibabacloud-kms20160120``: V3 ACS3-HMAC-SHA256 by default, V1 with ``signature_algorithm='v2'``."""
 
-    def __init__(self, endpoint: str, access_key_id: str, secret: str, signature_algorithm: str | None = None):
-        config = Config(access_key_id=access_key_id, access_key_secret=secret, endpoint=endpoint, protocol="http",
-                        read_timeout=30000, connect_timeout=5000)
+    def __init__(self, endpoint: str, access_key_id: str, secret: str, signature_algorithm: str | None = None,
+                 ca: str | None = None, read_timeout_s: float = 30):
+        """``ca``: speak HTTPS, trusting this CA bundle (as ``make run TLS=1`` tells clients to)."""
+        config = Config(access_key_id=access_key_id, access_key_secret=secret, endpoint=endpoint,
+                        protocol="https" if ca else "http", read_timeout=int(read_timeout_s * 1000),
+                        connect_timeout=5000)
         if signature_algorithm:
             config.signature_algorithm = signature_algorithm
         self.name = f"tea-{signature_algorithm or 'v3'}"
         self.client = TeaClient(config)
+        self.runtime = RuntimeOptions(ca=ca)
 
     def call(self, action: str, **params) -> dict:
-        method = getattr(self.client, snake(action))
+        method = getattr(self.client, f"{snake(action)}_with_options")
         request_class = getattr(tea_models, f"{action}Request", None)  # None for actions without parameters
         arguments = () if request_class is None and not params else (request_class().from_map(params),)
         try:
-            return method(*arguments).body.to_map()
+            return method(*arguments, self.runtime).body.to_map()
         except ResponseException as exc:
             raise ApiError(exc.status_code, exc.code, exc.message) from None
 
@@ -58,9 +63,9 @@ class LegacySdk:
 
     name = "legacy"
 
-    def __init__(self, endpoint: str, access_key_id: str, secret: str):
+    def __init__(self, endpoint: str, access_key_id: str, secret: str, timeout_s: float = 30):
         self.endpoint = endpoint
-        self.client = AcsClient(access_key_id, secret, "cn-hangzhou", auto_retry=False, timeout=30)
+        self.client = AcsClient(access_key_id, secret, "cn-hangzhou", auto_retry=False, timeout=timeout_s)
 
     def request(self, action: str, **params):
         module = importlib.import_module(f"aliyunsdkkms.request.v20160120.{action}Request")

@@ -85,6 +85,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """What the HTTP server (granian) itself answered (before the application saw the request), for the record."""
     if not SERVER_ANSWERS:
         return
-    terminalreporter.section("answers from the WSGI server itself (not the application)")
+    terminalreporter.section("answers from the HTTP server itself (not the application)")
     for (status, content_type, reason), count in sorted(SERVER_ANSWERS.items()):
         terminalreporter.line(f"{count:6d} x {status} {content_type}: {reason}")

@@ -15,6 +15,8 @@ data_dir = "data"
 listen = "0.0.0.0:9090"
 workers = 3
 max_body_bytes = 1000
+body_timeout_seconds = 3
+tls_min_version = "1.3"
 
 [kms]
 region = "cn-shanghai"
@@ -58,6 +60,8 @@ def test_defaults_without_file():
     assert settings.listen == "127.0.0.1:8080"
     assert settings.workers == 0
     assert settings.max_body_bytes == 64 * 1024
+    assert settings.body_timeout_seconds == 10
+    assert settings.tls_min_version == "1.2"
     assert settings.region == "cn-hangzhou"
     assert settings.account_id == "1000000000000000"
     assert settings.module == SOFTHSM_MODULE
@@ -81,6 +85,8 @@ def test_full_file(tmp_path):
     assert settings.listen_host_port == ("0.0.0.0", 9090)
     assert settings.workers == 3
     assert settings.max_body_bytes == 1000
+    assert settings.body_timeout_seconds == 3
+    assert settings.tls_min_version == "1.3"
     assert settings.region == "cn-shanghai"
     assert settings.account_id == "1234567890123456"
     assert settings.module == "/opt/hsm/lib.so"
@@ -209,6 +215,24 @@ def test_non_integer_workers_in_file(tmp_path, value):
 def test_negative_workers(tmp_path):
     with pytest.raises(SettingsError):
         load(None, environ={"HSMKMS_SERVER_WORKERS": "-1"})
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_body_timeout_must_be_positive(seconds):
+    with pytest.raises(SettingsError, match="body_timeout_seconds"):
+        load(None, environ={"HSMKMS_SERVER_BODY_TIMEOUT_SECONDS": seconds})
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0", "TLSv1.2", "1.2 ", "tls1.3", ""])
+def test_tls_min_version_is_1_2_or_1_3(version):
+    with pytest.raises(SettingsError, match="tls_min_version"):
+        load(None, environ={"HSMKMS_SERVER_TLS_MIN_VERSION": version})
+    assert load(None, environ={"HSMKMS_SERVER_TLS_MIN_VERSION": "1.3"}).tls_min_version == "1.3"
+
+
+def test_tls_min_version_as_a_toml_number_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="tls_min_version must be a string"):
+        load(write(tmp_path, "[server]\ntls_min_version = 1.2\n"), environ={})
 
 
 def test_invalid_toml(tmp_path):
