@@ -24,7 +24,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from hsmkms.tls import DevCertificates, ensure_dev_certificates
 
 WAIT = 5.0
-NOW = datetime.datetime.now(datetime.timezone.utc)
+def now() -> datetime.datetime:
+    # Read when used: a module-level "now" goes stale when the suite reaches this file minutes after collection.
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def cert(path: Path) -> x509.Certificate:
@@ -35,8 +37,8 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def verify(certs: DevCertificates, name: x509.DNSName | x509.IPAddress, when: datetime.datetime = NOW) -> None:
-    verifier = PolicyBuilder().store(Store([cert(certs.ca_cert)])).time(when).build_server_verifier(name)
+def verify(certs: DevCertificates, name: x509.DNSName | x509.IPAddress, when: datetime.datetime | None = None) -> None:
+    verifier = PolicyBuilder().store(Store([cert(certs.ca_cert)])).time(when or now()).build_server_verifier(name)
     verifier.verify(cert(certs.server_cert), [])
 
 
@@ -101,7 +103,7 @@ def test_ca_certificate_profile(certs: DevCertificates):
     usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_cert_sign and usage.crl_sign and not usage.digital_signature
     assert ca.not_valid_after_utc - ca.not_valid_before_utc == datetime.timedelta(days=3650)
-    assert ca.not_valid_before_utc <= NOW + datetime.timedelta(minutes=1)
+    assert ca.not_valid_before_utc <= now() + datetime.timedelta(minutes=1)
 
 
 def test_server_certificate_profile(certs: DevCertificates):
@@ -165,23 +167,23 @@ def test_new_hostname_regenerates_only_the_server_certificate(certs: DevCertific
 
 
 def test_server_certificate_expiring_within_30_days_is_renewed(tmp_path: Path):
-    issued = NOW - datetime.timedelta(days=800)  # expires in 25 days
+    issued = now() - datetime.timedelta(days=800)  # expires in 25 days
     old = serials(ensure_dev_certificates(tmp_path, now=issued))
     renewed = ensure_dev_certificates(tmp_path)
     assert serials(renewed)[0] == old[0]
     assert serials(renewed)[1] != old[1]
-    assert cert(renewed.server_cert).not_valid_after_utc > NOW + datetime.timedelta(days=800)
+    assert cert(renewed.server_cert).not_valid_after_utc > now() + datetime.timedelta(days=800)
     verify(renewed, x509.DNSName("localhost"))
 
 
 def test_server_certificate_with_more_than_30_days_left_is_kept(tmp_path: Path):
-    issued = NOW - datetime.timedelta(days=794)  # 31 days (less the 5 minute backdate) left
+    issued = now() - datetime.timedelta(days=794)  # 31 days (less the 5 minute backdate) left
     old = serials(ensure_dev_certificates(tmp_path, now=issued))
     assert serials(ensure_dev_certificates(tmp_path)) == old
 
 
 def test_expiring_ca_regenerates_everything(tmp_path: Path):
-    old = serials(ensure_dev_certificates(tmp_path, now=NOW - datetime.timedelta(days=3640)))
+    old = serials(ensure_dev_certificates(tmp_path, now=now() - datetime.timedelta(days=3640)))
     renewed = ensure_dev_certificates(tmp_path)
     assert serials(renewed)[0] != old[0]
     assert serials(renewed)[1] != old[1]
