@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from hsmkms.hsm.backend import HsmError
 from hsmkms.policy import stored_policy_problem
 from hsmkms.service.access_keys import SERVICE_KEY_ID
+from hsmkms.service.imports import ImportService
 from hsmkms.service.keys import KeyService
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,19 @@ class Maintenance:
         self.keys = keys
         self.store = keys.store
         self.hsm = keys.hsm
+        self.imports = ImportService(keys)
 
     def run_once(self) -> None:
         """One scheduler tick."""
         self.finish_interrupted()
         self.purge_due()
         self.rotate_due()
+        self.expire_imports()
+
+    def expire_imports(self) -> None:
+        """Destroy imported material past its KeyMaterialExpireUnix, and wrapping keys past their 24 hours."""
+        self.imports.expire_materials()
+        self.imports.destroy_expired_tokens()
 
     def purge_due(self) -> list[str]:
         """Destroy every key whose deletion window has passed (and finish destructions a crash interrupted);
@@ -137,7 +145,9 @@ class Maintenance:
         # Only this deployment's objects: another deployment's on a shared token are reported, never destroyed.
         objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
         report.foreign_objects = self.hsm.foreign_objects()
-        versions = self.store.all_versions()
+        # An EXTERNAL key without imported material has, by design, no object for its version.
+        without_material = self.store.versions_without_material()
+        versions = {v: live for v, live in self.store.all_versions().items() if v not in without_material}
         pending = {p.object_id: p for p in self.store.pending_objects()}
         report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)
         report.dead_objects = sorted(o for o in objects if o in versions and not versions[o] and o not in pending)

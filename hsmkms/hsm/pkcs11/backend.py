@@ -189,9 +189,11 @@ UNWRAP_MECHANISMS = {
     "RSAES_PKCS1_V1_5": (Mechanism.RSA_PKCS, None, padding.PKCS1v15),
 }
 assert tuple(UNWRAP_MECHANISMS) == IMPORT_WRAPPING_ALGORITHMS
-# What a token answers when wrapped material does not open (bad padding, wrong key, wrong length).
+# What a token answers when wrapped material does not open (bad padding, wrong key, wrong length).  NSS answers
+# CKR_ARGUMENTS_BAD for some (measured); only algorithms the token was measured to unwrap with are used, so
+# there it means the data, not the mechanism.
 _UNWRAP_REFUSED_ERRORS = (p11.WrappedKeyInvalid, p11.WrappedKeyLenRange, p11.EncryptedDataInvalid,
-                          p11.EncryptedDataLenRange, p11.DataInvalid, p11.DataLenRange)
+                          p11.EncryptedDataLenRange, p11.DataInvalid, p11.DataLenRange, p11.ArgumentsBad)
 
 
 def wrapping_private_template(cka_id: bytes, label: str, restrict_mechanisms: bool) -> dict:
@@ -571,7 +573,8 @@ class Pkcs11Backend:
         try:
             self._with_key(object_id, destroy, missing_key_is_fault=False, exclusive=True)
         except HsmKeyMissing:
-            pass  # already gone
+            # Already gone, or the id is an import wrapping key's (recovery finishes journalled objects by id).
+            self.destroy_wrapping_key(object_id)
 
     def has_key(self, object_id: str) -> bool:
         try:
