@@ -412,7 +412,8 @@ class PostgresStore:
                         sql.Identifier(table), names, marks), rows)
 
     def row_counts(self) -> dict[str, int]:
-        tables = ("keys", "key_versions", "aliases", "tags", "pending_objects", "access_keys")
+        tables = ("keys", "key_versions", "aliases", "tags", "pending_objects", "access_keys", "import_tokens",
+                  "key_materials")
         return {table: self._read(f"SELECT COUNT(*) FROM {table}")[0][0] for table in tables}
 
     def schema_version(self) -> int:

@@ -136,7 +136,11 @@ EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
     "tags": (["key_id", "tag_key", "tag_value"], "ORDER BY key_id, tag_key"),
     "pending_objects": (["object_id", "key_id", "purpose", "created_at"], "ORDER BY created_at, object_id"),
     "access_keys": ([f.name for f in fields(AccessKeyRecord)], "ORDER BY created_at, access_key_id"),
+    "import_tokens": ([f.name for f in fields(ImportTokenRecord)], "ORDER BY created_at, token_id"),
+    "key_materials": ([f.name for f in fields(KeyMaterialRecord)], "ORDER BY imported_at, key_id"),
 }
+# Columns SQLite keeps as 0/1 that PostgreSQL keeps as booleans: table -> column positions.
+_BOOLEAN_COLUMNS = {"key_materials": {2}}
 
 _KEY_FIELDS = [f.name for f in fields(KeyRecord)]
 _KEY_COLUMNS = ", ".join(_KEY_FIELDS)
@@ -338,7 +342,8 @@ class SqliteStore:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                return {table: [tuple(bool(v) if table == "keys" and i in _KEY_BOOLEANS else v
+                booleans = {"keys": set(_KEY_BOOLEANS), **_BOOLEAN_COLUMNS}
+                return {table: [tuple(bool(v) if i in booleans.get(table, ()) else v
                                       for i, v in enumerate(row))
                                 for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} {order}")]
                         for table, (columns, order) in EXPORTED_TABLES.items()}
