@@ -28,6 +28,8 @@ class DoctorReport:
     missing_objects: list[str] = field(default_factory=list)  # live versions without an HSM object
     orphan_objects: list[str] = field(default_factory=list)  # HSM objects no version or journal names
     dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
+    # Import wrapping keys (private RSA keys) no import token names.  Live tokens' wrapping keys are known.
+    orphan_wrapping_keys: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
     invalid_policies: list[str] = field(default_factory=list)  # "<access key>: <why>", stored before checks
@@ -41,12 +43,14 @@ class DoctorReport:
     @property
     def consistent(self) -> bool:
         return not (self.missing_objects or self.orphan_objects or self.dead_objects or self.interrupted
+                    or self.orphan_wrapping_keys
                     or self.service_key_missing or self.invalid_policies)
 
     def lines(self) -> list[str]:
         out = [f"missing HSM object for live key version {v} (cannot be repaired: restore the token)"
                for v in self.missing_objects]
         out += [f"orphan HSM object {v} (no key version names it)" for v in self.orphan_objects]
+        out += [f"orphan import wrapping key {v} (no import token names it)" for v in self.orphan_wrapping_keys]
         out += [f"HSM object {v} of a destroyed key still present" for v in self.dead_objects]
         out += [f"interrupted operation on HSM object {v} (or still running: --repair rolls a creation back "
                 f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
@@ -153,6 +157,9 @@ class Maintenance:
         report.dead_objects = sorted(o for o in objects if o in versions and not versions[o] and o not in pending)
         report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
         report.interrupted = sorted(pending)
+        tokens = {token.wrapping_id for token in self.store.import_tokens()}
+        report.orphan_wrapping_keys = sorted(w for w in self.hsm.list_wrapping_key_ids()
+                                             if w not in tokens and w not in pending)
         report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
         for record in self.store.list_access_keys():
             problem = None if record.policy is None else stored_policy_problem(record.policy)
@@ -170,6 +177,12 @@ class Maintenance:
                     report.repaired.append(f"destroyed {object_id}")
                 except HsmError as exc:
                     log.error("could not destroy %s: %s", object_id, exc)
+            for wrapping_id in report.orphan_wrapping_keys:
+                try:
+                    self.hsm.destroy_wrapping_key(wrapping_id)
+                    report.repaired.append(f"destroyed {wrapping_id}")
+                except HsmError as exc:
+                    log.error("could not destroy %s: %s", wrapping_id, exc)
             for object_id in self.finish_interrupted():
                 report.repaired.append(f"finished {object_id}")
         return report

@@ -214,6 +214,9 @@ class Store(Protocol):
 
     def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]: ...
 
+    def import_tokens(self) -> list[ImportTokenRecord]:
+        """Every recorded import token (for doctor)."""
+
     def delete_import_token(self, token_id: str) -> None: ...
 
     def get_key_material(self, key_id: str) -> KeyMaterialRecord | None: ...

@@ -502,6 +502,9 @@ class SqliteStore:
         return [ImportTokenRecord(*row) for row in self._read(
             "SELECT * FROM import_tokens WHERE expires_at <= ? ORDER BY expires_at", (now,))]
 
+    def import_tokens(self) -> list[ImportTokenRecord]:
+        return [ImportTokenRecord(*row) for row in self._read("SELECT * FROM import_tokens ORDER BY created_at")]
+
     def delete_import_token(self, token_id: str) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM import_tokens WHERE token_id = ?", (token_id,))

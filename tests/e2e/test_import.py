@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import uuid
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -189,3 +190,18 @@ def test_import_errors(clocked):
     assert refused_import(client, key_id, os.urandom(32)).code == "Rejected.StateModifiedFailed"
     client.call("DeleteKeyMaterial", KeyId=key_id)
     assert state(client, key_id) == "PendingDeletion"  # kept
+
+
+def test_doctor_knows_wrapping_keys(clocked, hsm):
+    client = make_sdk("tea-v3", clocked)
+    maintenance = clocked.runtime.services.maintenance
+    key_id = external_key(client)
+    parameters(client, key_id)  # a live token: its wrapping key is known
+    stray = str(uuid.uuid4())
+    hsm.create_wrapping_key_pair(stray, f"hsmkms:import:{key_id}:{stray}")  # as a crash would leave it
+    report = maintenance.doctor()
+    assert report.orphan_wrapping_keys == [stray] and not report.consistent
+    assert f"orphan import wrapping key {stray}" in " ".join(report.lines())
+    maintenance.doctor(repair=True)
+    assert stray not in hsm.list_wrapping_key_ids()
+    assert maintenance.doctor().consistent

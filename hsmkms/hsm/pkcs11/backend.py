@@ -345,6 +345,7 @@ class Pkcs11Backend:
         if self._pid != pid:
             # A forked child inherits the parent's Python objects but not a usable library state.
             self._lib, self._session, self._keys, self._pid = None, None, {}, pid
+            self._wrapping_keys = {}
         now = time.monotonic()
         if self._last_failure and now - self._last_failure < RECONNECT_INTERVAL_S:
             raise HsmUnavailable("the HSM was unavailable moments ago; retrying shortly")
@@ -435,6 +436,7 @@ class Pkcs11Backend:
 
     def _drop_session(self, finalize: bool) -> None:
         session, self._session, self._keys = self._session, None, {}
+        self._wrapping_keys = {}  # handles belong to the session's library instance
         if self._pid != os.getpid():
             return  # the parent's objects: nothing of them is ours to close
         if session is not None:
