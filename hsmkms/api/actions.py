@@ -122,7 +122,7 @@ def iso_time(seconds: int | float | None) -> str:
 # --- wire shapes ---------------------------------------------------------------------------------------
 
 
-def key_metadata(key: KeyRecord, identity: Identity) -> dict:
+def key_metadata(key: KeyRecord, identity: Identity, material_expires_at: int | None = None) -> dict:
     rotating = key.rotation_interval is not None
     if not rotating:
         rotation = "Disabled"
@@ -148,7 +148,7 @@ def key_metadata(key: KeyRecord, identity: Identity) -> dict:
         "RotationInterval": f"{key.rotation_interval}s" if rotating else "",
         "LastRotationDate": iso_time(key.last_rotation_at),
         "NextRotationDate": iso_time(next_rotation),
-        "MaterialExpireTime": "",
+        "MaterialExpireTime": iso_time(material_expires_at),
         "DeletionProtection": "Enabled" if key.deletion_protection else "Disabled",
         "DeletionProtectionDescription": key.deletion_protection_description,
         "DKMSInstanceId": "",
@@ -276,7 +276,8 @@ def CreateKey(call: Call) -> dict:
 @action(on_key("KeyId"))
 def DescribeKey(call: Call) -> dict:
     key = call.services.keys.describe(call.key())
-    return {"KeyMetadata": key_metadata(key, call.services.identity)}
+    expires = ImportService(call.services.keys).material_expires_at(key)
+    return {"KeyMetadata": key_metadata(key, call.services.identity, expires)}
 
 
 FILTER_FIELDS = {

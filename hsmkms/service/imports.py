@@ -157,6 +157,13 @@ class ImportService:
         except DecryptionFailed:
             return False
 
+    def material_expires_at(self, key: KeyRecord) -> int | None:
+        """When the key's imported material expires (DescribeKey's MaterialExpireTime); None: never, or none."""
+        if key.origin != EXTERNAL:
+            return None
+        material = self.store.get_key_material(key.key_id)
+        return material.expires_at if material and material.present else None
+
     def delete_material(self, key: KeyRecord, action: str = "DeleteKeyMaterial") -> None:
         self._external(key, action)
         version_id = key.primary_version_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 
 import pytest
@@ -150,6 +151,9 @@ def test_tokens_expire_and_material_expires(clocked, hsm):
     material = os.urandom(32)
     import_material(client, key_id, material, KeyMaterialExpireUnix=int(clocked.clock()) + 3600)
     blob = client.call("Encrypt", KeyId=key_id, Plaintext="YQ==")["CiphertextBlob"]
+    meta = client.call("DescribeKey", KeyId=key_id)["KeyMetadata"]
+    expected = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(clocked.clock()) + 3600))
+    assert meta["MaterialExpireTime"] == expected
     maintenance.run_once()
     assert state(client, key_id) == "Enabled"
     clocked.clock.advance(3601)
