@@ -170,9 +170,8 @@ class ImportService:
         known = self.store.get_key_material(key.key_id)
         if known is None or not known.present:
             return
-        self.store.begin_object(PendingObject(version_id, key.key_id, "destroy", self.keys.now()))
-        if not self.store.clear_key_material(key.key_id, key.state):
-            self.store.finish_object(version_id)
+        destroy = PendingObject(version_id, key.key_id, "destroy", self.keys.now())
+        if not self.store.clear_key_material(key.key_id, key.state, destroy):
             raise StateModifiedFailed()
         self.keys.watch.invalidate()
         self.hsm.destroy_key(version_id)

@@ -225,9 +225,10 @@ class Store(Protocol):
         """Record present material when the key is still in ``expected_state``: a PendingImport key becomes
         Enabled, and the journal entry of ``version_id`` ends.  False when the key changed."""
 
-    def clear_key_material(self, key_id: str, expected_state: str) -> bool:
-        """Mark the material absent (the check value stays) when the key is still in ``expected_state``; an
-        Enabled or Disabled key becomes PendingImport.  False when the key changed."""
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
+        """Mark the material absent (the check value stays) and journal the destruction of its object
+        (``destroy``) at once, when the key is still in ``expected_state``; an Enabled or Disabled key becomes
+        PendingImport.  False when the key changed (nothing written)."""
 
     def expired_materials(self, now: int) -> list[str]:
         """Keys whose present material has expired."""

@@ -615,7 +615,7 @@ class PostgresStore:
             conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (version_id,))
             return True
 
-    def clear_key_material(self, key_id: str, expected_state: str) -> bool:
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
         with self._transaction() as conn:
             updated = conn.execute(
                 f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
@@ -623,6 +623,7 @@ class PostgresStore:
             if updated:
                 conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = %s",
                              (key_id,))
+                conn.execute("INSERT INTO pending_objects VALUES (%s, %s, %s, %s)", astuple(destroy))
             return bool(updated)
 
     def expired_materials(self, now: int) -> list[str]:

@@ -533,7 +533,7 @@ class SqliteStore:
             conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version_id,))
             return True
 
-    def clear_key_material(self, key_id: str, expected_state: str) -> bool:
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
         with self._transaction() as conn:
             updated = conn.execute(
                 f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
@@ -541,6 +541,7 @@ class SqliteStore:
             if updated:
                 conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = ?",
                              (key_id,))
+                conn.execute("INSERT INTO pending_objects VALUES (?, ?, ?, ?)", astuple(destroy))
             return bool(updated)
 
     def expired_materials(self, now: int) -> list[str]:

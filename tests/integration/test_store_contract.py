@@ -448,8 +448,12 @@ def test_key_material_moves_the_key_between_pending_import_and_enabled(open_stor
     assert store.expired_materials(499) == []
     assert store.expired_materials(500) == [key.key_id]
 
-    assert not store.clear_key_material(key.key_id, expected_state="Disabled")
-    assert store.clear_key_material(key.key_id, expected_state="Enabled")
+    destroy = PendingObject(key.primary_version_id, key.key_id, "destroy", 400)
+    assert not store.clear_key_material(key.key_id, expected_state="Disabled", destroy=destroy)
+    assert store.pending_objects() == []
+    assert store.clear_key_material(key.key_id, expected_state="Enabled", destroy=destroy)
+    assert store.pending_objects() == [destroy]  # journalled with the change: recovery finishes it
+    store.finish_object(destroy.object_id)
     assert store.get_key(key.key_id).state == "PendingImport"
     cleared = store.get_key_material(key.key_id)
     assert (cleared.check_value, cleared.present, cleared.expires_at) == (material.check_value, False, None)
@@ -460,5 +464,5 @@ def test_key_material_moves_the_key_between_pending_import_and_enabled(open_stor
     assert store.record_key_material(KeyMaterialRecord(key.key_id, material.check_value, True, None, 300),
                                      key.primary_version_id, expected_state="PendingImport")
     assert store.update_key(key.key_id, {"state": "PendingDeletion", "delete_at": 10**9}, expected_state="Enabled")
-    assert store.clear_key_material(key.key_id, expected_state="PendingDeletion")
+    assert store.clear_key_material(key.key_id, expected_state="PendingDeletion", destroy=destroy)
     assert store.get_key(key.key_id).state == "PendingDeletion"
