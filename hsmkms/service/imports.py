@@ -33,7 +33,6 @@ from hsmkms.errors import (
 from hsmkms.hsm.backend import IMPORT_WRAPPING_ALGORITHMS, DecryptionFailed, UnwrapFailed
 from hsmkms.service import states
 from hsmkms.service.keys import KeyService, hsm_label
-from hsmkms.service.states import KeyState
 from hsmkms.store.base import ImportTokenRecord, KeyMaterialRecord, KeyRecord, PendingObject
 
 log = logging.getLogger(__name__)
@@ -212,5 +211,3 @@ class ImportService:
             destroyed.append(token.wrapping_id)
         return destroyed
 
-
-__all__ = ["EXTERNAL", "ImportParameters", "ImportService", "KeyState"]

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 
-from hsmkms.hsm.backend import DecryptionFailed, HsmError
+from hsmkms.hsm.backend import IMPORT_WRAPPING_ALGORITHMS, DecryptionFailed, HsmError
 from hsmkms.hsm.pkcs11 import backend as backend_module
-from hsmkms.hsm.backend import IMPORT_WRAPPING_ALGORITHMS
 from hsmkms.hsm.pkcs11.backend import MASTER_KEY_MECHANISMS, REQUIREMENTS, Pkcs11Backend
 
 CHECK_LABEL = "hsmkms:check:"
