@@ -33,7 +33,7 @@ from hsmkms.errors import (
 from hsmkms.hsm.backend import IMPORT_WRAPPING_ALGORITHMS, DecryptionFailed, UnwrapFailed
 from hsmkms.service import states
 from hsmkms.service.keys import KeyService, hsm_label
-from hsmkms.store.base import ImportTokenRecord, KeyMaterialRecord, KeyRecord, PendingObject
+from hsmkms.store.base import AlreadyExists, ImportTokenRecord, KeyMaterialRecord, KeyRecord, PendingObject
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,10 @@ class ImportService:
         known = self.store.get_key_material(key.key_id)
         # The version's own object when the material is absent; a throwaway one to compare with when present.
         object_id = str(uuid.uuid4()) if known and known.present else key.primary_version_id
-        self.store.begin_object(PendingObject(object_id, key.key_id, "create", now))
+        try:
+            self.store.begin_object(PendingObject(object_id, key.key_id, "create", now))
+        except AlreadyExists:  # another import or deletion of this key's material is under way
+            raise StateModifiedFailed() from None
         try:
             self.hsm.unwrap_aes_key(token.wrapping_id, token.algorithm, wrapped, object_id,
                                     hsm_label(key.key_id, object_id))
@@ -170,7 +173,11 @@ class ImportService:
         if known is None or not known.present:
             return
         destroy = PendingObject(version_id, key.key_id, "destroy", self.keys.now())
-        if not self.store.clear_key_material(key.key_id, key.state, destroy):
+        try:
+            cleared = self.store.clear_key_material(key.key_id, key.state, destroy)
+        except AlreadyExists:  # an import or deletion of this key's material is under way
+            cleared = False
+        if not cleared:
             raise StateModifiedFailed()
         self.keys.watch.invalidate()
         self.hsm.destroy_key(version_id)

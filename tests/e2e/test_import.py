@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from hsmkms.store.base import PendingObject
 from tests.e2e.conftest import make_sdk
 from tests.e2e.sdk import ApiError
 
@@ -221,3 +222,23 @@ def test_doctor_knows_wrapping_keys(clocked, hsm):
     maintenance.doctor(repair=True)
     assert stray not in hsm.list_wrapping_key_ids()
     assert maintenance.doctor().consistent
+
+
+def test_an_import_under_way_refuses_another(clocked):
+    """Two imports (or an import and a deletion) of one key's material at once: the second is refused."""
+    client = make_sdk("tea-v3", clocked)
+    store = clocked.runtime.store
+    key_id = external_key(client)
+    version_id = client.call("DescribeKey", KeyId=key_id)["KeyMetadata"]["PrimaryKeyVersion"]
+    store.begin_object(PendingObject(version_id, key_id, "create", int(clocked.clock())))  # the other import
+    err = refused_import(client, key_id, os.urandom(32))
+    assert (err.status, err.code) == (409, "Rejected.StateModifiedFailed")
+    store.finish_object(version_id)
+    material = os.urandom(32)
+    import_material(client, key_id, material)
+    store.begin_object(PendingObject(version_id, key_id, "create", int(clocked.clock())))
+    assert refused(client, "DeleteKeyMaterial", KeyId=key_id).code == "Rejected.StateModifiedFailed"
+    assert state(client, key_id) == "Enabled"
+    store.finish_object(version_id)
+    client.call("DeleteKeyMaterial", KeyId=key_id)
+    assert state(client, key_id) == "PendingImport"
