@@ -242,3 +242,17 @@ def test_an_import_under_way_refuses_another(clocked):
     store.finish_object(version_id)
     client.call("DeleteKeyMaterial", KeyId=key_id)
     assert state(client, key_id) == "PendingImport"
+
+
+def test_recovery_rolls_back_an_interrupted_wrapping_key(clocked, hsm):
+    """A crash between journalling a wrapping key pair and recording its token: recovery destroys the pair."""
+    store, maintenance = clocked.runtime.store, clocked.runtime.services.maintenance
+    key_id = external_key(make_sdk("tea-v3", clocked))
+    wrapping_id = str(uuid.uuid4())
+    store.begin_object(PendingObject(wrapping_id, key_id, "create", int(clocked.clock())))
+    hsm.create_wrapping_key_pair(wrapping_id, f"hsmkms:import:{key_id}:{wrapping_id}")
+    assert maintenance.doctor().orphan_wrapping_keys == []  # journalled: interrupted, not an orphan
+    clocked.clock.advance(3600)
+    assert wrapping_id in maintenance.finish_interrupted()
+    assert wrapping_id not in hsm.list_wrapping_key_ids()
+    assert wrapping_id not in {p.object_id for p in store.pending_objects()}
