@@ -12,7 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from hsmkms.service.imports import ImportService
+from hsmkms.service.keys import KeyService
+from hsmkms.service.maintenance import Maintenance
 from hsmkms.store.base import PendingObject
+from tests import tokens
 from tests.e2e.conftest import make_sdk
 from tests.e2e.sdk import ApiError
 
@@ -175,7 +179,6 @@ def test_tokens_expire_and_material_expires(clocked, hsm):
     assert refused(client, "Decrypt", CiphertextBlob=blob).code == "Rejected.PendingImport"
     import_material(client, key_id, material)
     assert client.call("Decrypt", CiphertextBlob=blob)["Plaintext"] == "YQ=="
-    assert maintenance.doctor().consistent, maintenance.doctor().lines()
 
 
 def test_import_errors(clocked):
@@ -209,19 +212,31 @@ def test_import_errors(clocked):
     assert state(client, key_id) == "PendingDeletion"  # kept
 
 
-def test_doctor_knows_wrapping_keys(clocked, hsm):
-    client = make_sdk("tea-v3", clocked)
-    maintenance = clocked.runtime.services.maintenance
-    key_id = external_key(client)
-    parameters(client, key_id)  # a live token: its wrapping key is known
-    stray = str(uuid.uuid4())
-    hsm.create_wrapping_key_pair(stray, f"hsmkms:import:{key_id}:{stray}")  # as a crash would leave it
-    report = maintenance.doctor()
-    assert report.orphan_wrapping_keys == [stray] and not report.consistent
-    assert f"orphan import wrapping key {stray}" in " ".join(report.lines())
-    maintenance.doctor(repair=True)
-    assert stray not in hsm.list_wrapping_key_ids()
-    assert maintenance.doctor().consistent
+def test_doctor_knows_wrapping_keys(clocked, hsm_settings):
+    """Through a deployment of its own on the test token, so that repairing destroys only this test's objects."""
+    runtime = clocked.runtime
+    own = tokens.backend(hsm_settings, deployment="import-doctor")
+    try:
+        keys = KeyService(runtime.store, own, runtime.services.keys.identity, runtime.services.keys.watch,
+                          clocked.clock)
+        key = keys.create_key(key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="EXTERNAL",
+                              protection_level="HSM", description="")
+        maintenance = Maintenance(keys)
+        live = ImportService(keys).parameters(key, "RSA_2048", "RSAES_OAEP_SHA_1")
+        live_wrapping_id = runtime.store.get_import_token(live.import_token).wrapping_id
+        stray = str(uuid.uuid4())
+        own.create_wrapping_key_pair(stray, f"hsmkms:import:{key.key_id}:{stray}")  # as a crash would leave it
+        report = maintenance.doctor()
+        assert report.orphan_wrapping_keys == [stray] and not report.consistent
+        assert f"orphan import wrapping key {stray} (no import token names it)" in report.lines()
+        assert key.primary_version_id not in report.missing_objects  # no material yet: no object, by design
+        assert f"destroyed {stray}" in maintenance.doctor(repair=True).repaired
+        assert set(own.list_wrapping_key_ids()) == {live_wrapping_id}
+        assert maintenance.doctor().orphan_wrapping_keys == []
+    finally:
+        for wrapping_id in own.list_wrapping_key_ids():
+            own.destroy_wrapping_key(wrapping_id)
+        own.close()
 
 
 def test_an_import_under_way_refuses_another(clocked):
@@ -251,7 +266,8 @@ def test_recovery_rolls_back_an_interrupted_wrapping_key(clocked, hsm):
     wrapping_id = str(uuid.uuid4())
     store.begin_object(PendingObject(wrapping_id, key_id, "create", int(clocked.clock())))
     hsm.create_wrapping_key_pair(wrapping_id, f"hsmkms:import:{key_id}:{wrapping_id}")
-    assert maintenance.doctor().orphan_wrapping_keys == []  # journalled: interrupted, not an orphan
+    report = maintenance.doctor()  # the shared test token may hold other tests' objects: look at this one
+    assert wrapping_id not in report.orphan_wrapping_keys and wrapping_id in report.interrupted
     clocked.clock.advance(3600)
     assert wrapping_id in maintenance.finish_interrupted()
     assert wrapping_id not in hsm.list_wrapping_key_ids()
