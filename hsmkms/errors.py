@@ -209,3 +209,27 @@ class InternalFailure(KmsError):
 class ServiceUnavailable(KmsError):
     code, status = "ServiceUnavailableTemporary", 503
     message = "Service Unavailable Temporary."
+
+
+# --- key-material import (BYOK) ------------------------------------------------------------------------
+
+
+class InvalidKeyMaterial(KmsError):
+    code, status = "InvalidKeyMaterial", 400
+    message = "The key material is invalid: it does not open with the import token's key, or it is not the " \
+              "material imported before."
+
+
+class InvalidImportToken(KmsError):
+    code, status = "InvalidImportToken", 400
+    message = "The import token is invalid."
+
+
+class ExpiredImportToken(KmsError):
+    code, status = "ExpiredImportToken", 400
+    message = "The import token is expired."
+
+
+class UnsupportedOrigin(KmsError):
+    code, status = "Unsupported.Origin", 400
+    message = "This key origin is not valid for this api."

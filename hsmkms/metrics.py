@@ -199,3 +199,26 @@ class MeteredHsm:
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         return self._timed("decrypt", lambda: self._backend.gcm_decrypt(object_id, iv, sealed, aad))
+
+    @property
+    def token_makes_iv(self) -> bool:
+        return getattr(self._backend, "token_makes_iv", False)
+
+    def create_wrapping_key_pair(self, object_id: str, label: str) -> bytes:
+        return self._timed("create_wrapping_key", lambda: self._backend.create_wrapping_key_pair(object_id, label))
+
+    def unwrap_algorithms(self) -> tuple[str, ...]:
+        return self._backend.unwrap_algorithms()
+
+    def unwrap_aes_key(self, wrapping_id: str, algorithm: str, wrapped: bytes, object_id: str, label: str) -> None:
+        self._timed("unwrap_key", lambda: self._backend.unwrap_aes_key(wrapping_id, algorithm, wrapped, object_id,
+                                                                       label))
+
+    def destroy_wrapping_key(self, object_id: str) -> None:
+        self._timed("destroy_key", lambda: self._backend.destroy_wrapping_key(object_id))
+
+    def list_wrapping_key_ids(self) -> dict[str, str]:
+        return self._backend.list_wrapping_key_ids()
+
+    def wrapping_key_info(self, object_id: str) -> KeyObjectInfo:
+        return self._backend.wrapping_key_info(object_id)

@@ -7,6 +7,7 @@ Wire shapes (KeyMetadata, double-wrapped lists, dates) are built here and nowher
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
 from hsmkms.service.crypto import CryptoService, Located, Sealed
 from hsmkms.service.export import WrappingKey, wrapping_key
+from hsmkms.service.imports import ImportService
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
 from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.maintenance import Maintenance
@@ -45,7 +47,7 @@ MAX_DESCRIPTION_CHARS = 8192
 DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
 SYMMETRIC_KEY_SPECS = {"Aliyun_AES_256"}
 KEY_USAGES = {"ENCRYPT/DECRYPT"}
-ORIGINS = {"Aliyun_KMS"}
+ORIGINS = {"Aliyun_KMS", "EXTERNAL"}
 PROTECTION_LEVELS = {"SOFTWARE", "HSM"}
 
 
@@ -120,7 +122,7 @@ def iso_time(seconds: int | float | None) -> str:
 # --- wire shapes ---------------------------------------------------------------------------------------
 
 
-def key_metadata(key: KeyRecord, identity: Identity) -> dict:
+def key_metadata(key: KeyRecord, identity: Identity, material_expires_at: int | None = None) -> dict:
     rotating = key.rotation_interval is not None
     if not rotating:
         rotation = "Disabled"
@@ -146,7 +148,7 @@ def key_metadata(key: KeyRecord, identity: Identity) -> dict:
         "RotationInterval": f"{key.rotation_interval}s" if rotating else "",
         "LastRotationDate": iso_time(key.last_rotation_at),
         "NextRotationDate": iso_time(next_rotation),
-        "MaterialExpireTime": "",
+        "MaterialExpireTime": iso_time(material_expires_at),
         "DeletionProtection": "Enabled" if key.deletion_protection else "Disabled",
         "DeletionProtectionDescription": key.deletion_protection_description,
         "DKMSInstanceId": "",
@@ -274,7 +276,8 @@ def CreateKey(call: Call) -> dict:
 @action(on_key("KeyId"))
 def DescribeKey(call: Call) -> dict:
     key = call.services.keys.describe(call.key())
-    return {"KeyMetadata": key_metadata(key, call.services.identity)}
+    expires = ImportService(call.services.keys).material_expires_at(key)
+    return {"KeyMetadata": key_metadata(key, call.services.identity, expires)}
 
 
 FILTER_FIELDS = {
@@ -401,6 +404,36 @@ def ListKeyVersions(call: Call) -> dict:
     page = p.page(max_size=101)
     versions, total = call.services.keys.list_versions(call.key(), (page[0] - 1) * page[1], page[1])
     return paged("KeyVersions", "KeyVersion", [version_entry(v) for v in versions], total, page)
+
+
+# --- key-material import (BYOK) ------------------------------------------------------------------------
+
+MAX_KEY_MATERIAL_EXPIRE_UNIX = 2**53
+
+
+@action(on_key("KeyId"))
+def GetParametersForImport(call: Call) -> dict:
+    p = call.params
+    parameters = ImportService(call.services.keys).parameters(
+        call.key(), p.required("WrappingKeySpec"), p.required("WrappingAlgorithm"))
+    return {"KeyId": parameters.key_id, "ImportToken": parameters.import_token,
+            "PublicKey": base64.b64encode(parameters.public_key_der).decode("ascii"),
+            "TokenExpireTime": iso_time(parameters.expires_at)}
+
+
+@action(on_key("KeyId"))
+def ImportKeyMaterial(call: Call) -> dict:
+    p = call.params
+    ImportService(call.services.keys).import_material(
+        call.key(), p.required("ImportToken"), p.required("EncryptedKeyMaterial"),
+        p.integer("KeyMaterialExpireUnix", 0, MAX_KEY_MATERIAL_EXPIRE_UNIX, default=0))
+    return {}
+
+
+@action(on_key("KeyId"))
+def DeleteKeyMaterial(call: Call) -> dict:
+    ImportService(call.services.keys).delete_material(call.key())
+    return {}
 
 
 # --- aliases -------------------------------------------------------------------------------------------

@@ -37,6 +37,15 @@ class DecryptionFailed(Exception):
     """Authenticated decryption failed: wrong key, wrong AAD or tampered data.  The caller's fault."""
 
 
+class UnwrapFailed(DecryptionFailed):
+    """Wrapped key material did not open inside the token (wrong wrapping key, algorithm or padding), or it
+    opened to a key of the wrong size.  The caller's fault."""
+
+
+# Import (BYOK) wrapping algorithms, by their API names.
+IMPORT_WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_256", "RSAES_OAEP_SHA_1", "RSAES_PKCS1_V1_5")
+
+
 @dataclass(frozen=True)
 class KeyObjectInfo:
     """Public attributes of a key object, read back from the token (never its value)."""
@@ -100,3 +109,25 @@ class HsmBackend(Protocol):
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
         """Inverse of gcm_encrypt; raises DecryptionFailed when the tag does not verify."""
+
+    # --- key-material import (BYOK) ----------------------------------------------------------------------
+
+    def create_wrapping_key_pair(self, object_id: str, label: str) -> bytes:
+        """Generate an RSA-2048 key pair in the token for importing key material; returns its public key as DER
+        SubjectPublicKeyInfo.  The private key is a token object, sensitive, non-extractable, good only for
+        C_UnwrapKey; the public key is not kept."""
+
+    def unwrap_algorithms(self) -> tuple[str, ...]:
+        """The IMPORT_WRAPPING_ALGORITHMS this token can unwrap an AES key with (measured once per process)."""
+
+    def unwrap_aes_key(self, wrapping_id: str, algorithm: str, wrapped: bytes, object_id: str, label: str) -> None:
+        """C_UnwrapKey ``wrapped`` with the wrapping private key into a master key object (the master-key
+        template: sensitive, non-extractable, AES-GCM only).  UnwrapFailed when it does not open to 32 bytes."""
+
+    def destroy_wrapping_key(self, object_id: str) -> None:
+        """Destroy a wrapping private key (nothing when it is gone already)."""
+
+    def list_wrapping_key_ids(self) -> dict[str, str]:
+        """Every wrapping private key of this deployment in the token: object id -> label."""
+
+    def wrapping_key_info(self, object_id: str) -> KeyObjectInfo: ...

@@ -24,6 +24,7 @@ from hsmkms.errors import (
     KmsError,
     MissingParameter,
     StateModifiedFailed,
+    UnsupportedOperation,
 )
 from hsmkms.hsm.backend import HsmBackend
 from hsmkms.service import states
@@ -43,6 +44,7 @@ from hsmkms.store.base import (
 log = logging.getLogger(__name__)
 
 ALIAS_PREFIX = "alias/"
+EXTERNAL_ORIGIN = "EXTERNAL"
 DAY = 86400
 ROTATION_MIN_DAYS, ROTATION_MAX_DAYS = 7, 730
 DELETION_MIN_DAYS, DELETION_MAX_DAYS = 7, 366
@@ -126,11 +128,17 @@ class KeyService:
                    description: str, rotation_interval: int | None = None,
                    tags: Iterable[tuple[str, str]] = ()) -> KeyRecord:
         key_id = str(uuid.uuid4())
-        version_id = self._create_object(key_id)
+        external = origin == EXTERNAL_ORIGIN
+        if external and rotation_interval is not None:
+            raise InvalidParameter("EnableAutomaticRotation", "Keys with imported material (Origin=EXTERNAL) "
+                                                              "are not rotated.")
+        # An EXTERNAL key gets its one version id now and its HSM object when material is imported
+        # (service/imports.py).
+        version_id = str(uuid.uuid4()) if external else self._create_object(key_id)
         now = self.now()
         record = KeyRecord(
             key_id=key_id,
-            state=KeyState.ENABLED,
+            state=KeyState.PENDING_IMPORT if external else KeyState.ENABLED,
             key_spec=key_spec,
             key_usage=key_usage,
             origin=origin,
@@ -146,7 +154,8 @@ class KeyService:
             self.store.create_key(record, VersionRecord(version_id, key_id, now),
                                   [TagRecord(key_id, k, v) for k, v in tags])
         except BaseException:
-            self._abandon_object(version_id)
+            if not external:
+                self._abandon_object(version_id)
             raise
         log.info("created key %s (version %s)", key_id, version_id)
         return record
@@ -311,12 +320,22 @@ class KeyService:
     def update_rotation_policy(self, key: KeyRecord, enabled: bool, interval: int | None) -> KeyRecord:
         if enabled and interval is None:
             raise MissingParameter("RotationInterval")
+        states.check("UpdateRotationPolicy", key.state)
+        self._refuse_external(key)
         return self._change(key, "UpdateRotationPolicy", {"rotation_interval": interval if enabled else None})
 
     # --- versions ----------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _refuse_external(key: KeyRecord) -> None:
+        """Keys with imported material have one version (as in Alibaba Cloud): no rotation, no new versions."""
+        if key.origin == EXTERNAL_ORIGIN:
+            raise UnsupportedOperation("Keys with imported material (Origin=EXTERNAL) have one version: they "
+                                       "cannot be rotated.")
+
     def create_version(self, key: KeyRecord, attempts: int = 3) -> VersionRecord:
         states.check("CreateKeyVersion", key.state)
+        self._refuse_external(key)
         for _ in range(attempts):
             version = self.rotate(key)
             if version is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from hsmkms.hsm.backend import HsmError
 from hsmkms.policy import stored_policy_problem
 from hsmkms.service.access_keys import SERVICE_KEY_ID
+from hsmkms.service.imports import ImportService
 from hsmkms.service.keys import KeyService
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ class DoctorReport:
     missing_objects: list[str] = field(default_factory=list)  # live versions without an HSM object
     orphan_objects: list[str] = field(default_factory=list)  # HSM objects no version or journal names
     dead_objects: list[str] = field(default_factory=list)  # objects of destroyed keys, not yet destroyed
+    # Import wrapping keys (private RSA keys) no import token names.  Live tokens' wrapping keys are known.
+    orphan_wrapping_keys: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)  # journal entries: interrupted or still running
     service_key_missing: bool = False
     invalid_policies: list[str] = field(default_factory=list)  # "<access key>: <why>", stored before checks
@@ -40,12 +43,14 @@ class DoctorReport:
     @property
     def consistent(self) -> bool:
         return not (self.missing_objects or self.orphan_objects or self.dead_objects or self.interrupted
+                    or self.orphan_wrapping_keys
                     or self.service_key_missing or self.invalid_policies)
 
     def lines(self) -> list[str]:
         out = [f"missing HSM object for live key version {v} (cannot be repaired: restore the token)"
                for v in self.missing_objects]
         out += [f"orphan HSM object {v} (no key version names it)" for v in self.orphan_objects]
+        out += [f"orphan import wrapping key {v} (no import token names it)" for v in self.orphan_wrapping_keys]
         out += [f"HSM object {v} of a destroyed key still present" for v in self.dead_objects]
         out += [f"interrupted operation on HSM object {v} (or still running: --repair rolls a creation back "
                 f"once it is {STALE_CREATE_SECONDS} s old)" for v in self.interrupted]
@@ -71,12 +76,19 @@ class Maintenance:
         self.keys = keys
         self.store = keys.store
         self.hsm = keys.hsm
+        self.imports = ImportService(keys)
 
     def run_once(self) -> None:
         """One scheduler tick."""
         self.finish_interrupted()
         self.purge_due()
         self.rotate_due()
+        self.expire_imports()
+
+    def expire_imports(self) -> None:
+        """Destroy imported material past its KeyMaterialExpireUnix, and wrapping keys past their 24 hours."""
+        self.imports.expire_materials()
+        self.imports.destroy_expired_tokens()
 
     def purge_due(self) -> list[str]:
         """Destroy every key whose deletion window has passed (and finish destructions a crash interrupted);
@@ -137,12 +149,17 @@ class Maintenance:
         # Only this deployment's objects: another deployment's on a shared token are reported, never destroyed.
         objects = {oid: label for oid, label in self.hsm.list_key_ids().items() if label.startswith(CMK_LABEL_PREFIX)}
         report.foreign_objects = self.hsm.foreign_objects()
-        versions = self.store.all_versions()
+        # An EXTERNAL key without imported material has, by design, no object for its version.
+        without_material = self.store.versions_without_material()
+        versions = {v: live for v, live in self.store.all_versions().items() if v not in without_material}
         pending = {p.object_id: p for p in self.store.pending_objects()}
         report.missing_objects = sorted(v for v, live in versions.items() if live and v not in objects)
         report.dead_objects = sorted(o for o in objects if o in versions and not versions[o] and o not in pending)
         report.orphan_objects = sorted(o for o in objects if o not in versions and o not in pending)
         report.interrupted = sorted(pending)
+        tokens = {token.wrapping_id for token in self.store.import_tokens()}
+        report.orphan_wrapping_keys = sorted(w for w in self.hsm.list_wrapping_key_ids()
+                                             if w not in tokens and w not in pending)
         report.service_key_missing = not self.hsm.has_key(SERVICE_KEY_ID)
         for record in self.store.list_access_keys():
             problem = None if record.policy is None else stored_policy_problem(record.policy)
@@ -160,6 +177,12 @@ class Maintenance:
                     report.repaired.append(f"destroyed {object_id}")
                 except HsmError as exc:
                     log.error("could not destroy %s: %s", object_id, exc)
+            for wrapping_id in report.orphan_wrapping_keys:
+                try:
+                    self.hsm.destroy_wrapping_key(wrapping_id)
+                    report.repaired.append(f"destroyed {wrapping_id}")
+                except HsmError as exc:
+                    log.error("could not destroy %s: %s", wrapping_id, exc)
             for object_id in self.finish_interrupted():
                 report.repaired.append(f"finished {object_id}")
         return report

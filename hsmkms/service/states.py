@@ -49,7 +49,7 @@ def _pending_deletion_only(state: KeyState) -> KmsError | None:
 RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ["DescribeKey", "DeleteAlias", "ListAliasesByKeyId", "ListResourceTags", "DescribeKeyVersion",
-         "ListKeyVersions"],
+         "ListKeyVersions", "GetParametersForImport", "DeleteKeyMaterial"],
         _any_state,
     ),
     **dict.fromkeys(
@@ -63,7 +63,7 @@ RULES: dict[str, Rule] = {
         _not_pending_deletion,
     ),
     **dict.fromkeys(["EnableKey", "DisableKey"], _enabled_or_disabled),
-    **dict.fromkeys(["ScheduleKeyDeletion", "CreateAlias"], _not_pending_deletion_transition),
+    **dict.fromkeys(["ScheduleKeyDeletion", "CreateAlias", "ImportKeyMaterial"], _not_pending_deletion_transition),
     "CancelKeyDeletion": _pending_deletion_only,
 }
 

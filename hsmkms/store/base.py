@@ -72,6 +72,31 @@ class PendingObject:
     created_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class ImportTokenRecord:
+    """What GetParametersForImport handed out: the token (a random id), the key it is for, the wrapping key
+    pair's HSM object and the algorithm the material must be wrapped with."""
+
+    token_id: str
+    key_id: str
+    wrapping_id: str
+    algorithm: str
+    created_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaterialRecord:
+    """An EXTERNAL key's imported material: never its value, only a check value (GCM of a fixed block under
+    it, made in the HSM) that a re-import must match.  Kept while the material is absent (deleted, expired)."""
+
+    key_id: str
+    check_value: bytes
+    present: bool
+    expires_at: int | None  # None: never
+    imported_at: int
+
+
 @dataclass(frozen=True)
 class KeyFilter:
     """ListKeys ``Filters``: values of one field are OR-ed, fields are AND-ed; None = no condition."""
@@ -180,6 +205,36 @@ class Store(Protocol):
     def keys_due_for_deletion(self, now: int) -> list[str]: ...
 
     def keys_due_for_rotation(self, now: int) -> list[KeyRecord]: ...
+
+    # key-material import
+    def add_import_token(self, token: ImportTokenRecord) -> None:
+        """Record a token, and end the journal entry of its wrapping key pair, at once."""
+
+    def get_import_token(self, token_id: str) -> ImportTokenRecord | None: ...
+
+    def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]: ...
+
+    def import_tokens(self) -> list[ImportTokenRecord]:
+        """Every recorded import token (for doctor)."""
+
+    def delete_import_token(self, token_id: str) -> None: ...
+
+    def get_key_material(self, key_id: str) -> KeyMaterialRecord | None: ...
+
+    def record_key_material(self, material: KeyMaterialRecord, version_id: str, expected_state: str) -> bool:
+        """Record present material when the key is still in ``expected_state``: a PendingImport key becomes
+        Enabled, and the journal entry of ``version_id`` ends.  False when the key changed."""
+
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
+        """Mark the material absent (the check value stays) and journal the destruction of its object
+        (``destroy``) at once, when the key is still in ``expected_state``; an Enabled or Disabled key becomes
+        PendingImport.  False when the key changed (nothing written)."""
+
+    def expired_materials(self, now: int) -> list[str]:
+        """Keys whose present material has expired."""
+
+    def versions_without_material(self) -> set[str]:
+        """Version ids of live EXTERNAL keys whose material is absent (no HSM object, by design)."""
 
     # tags
     def set_tags(self, tags: list[TagRecord]) -> None: ...

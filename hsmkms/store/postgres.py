@@ -44,7 +44,9 @@ from hsmkms.store.base import (
     AccessKeyRecord,
     AliasRecord,
     AlreadyExists,
+    ImportTokenRecord,
     KeyFilter,
+    KeyMaterialRecord,
     KeyRecord,
     PendingObject,
     StoreError,
@@ -157,6 +159,25 @@ MIGRATIONS: list[str] = [
         FOR EACH STATEMENT EXECUTE FUNCTION hsmkms_changed();
     CREATE TRIGGER access_keys_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON access_keys
         FOR EACH STATEMENT EXECUTE FUNCTION hsmkms_changed();
+    """,
+    # 4: key-material import -- import tokens and the check values of imported material
+    """
+    CREATE TABLE import_tokens (
+        token_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        wrapping_id TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX import_tokens_by_expiry ON import_tokens(expires_at);
+    CREATE TABLE key_materials (
+        key_id TEXT PRIMARY KEY REFERENCES keys(key_id),
+        check_value BYTEA NOT NULL,
+        present BOOLEAN NOT NULL,
+        expires_at BIGINT,
+        imported_at BIGINT NOT NULL
+    );
     """,
 ]
 
@@ -391,7 +412,8 @@ class PostgresStore:
                         sql.Identifier(table), names, marks), rows)
 
     def row_counts(self) -> dict[str, int]:
-        tables = ("keys", "key_versions", "aliases", "tags", "pending_objects", "access_keys")
+        tables = ("keys", "key_versions", "aliases", "tags", "pending_objects", "access_keys", "import_tokens",
+                  "key_materials")
         return {table: self._read(f"SELECT COUNT(*) FROM {table}")[0][0] for table in tables}
 
     def schema_version(self) -> int:
@@ -546,6 +568,73 @@ class PostgresStore:
             (now,),
         )
         return [KeyRecord(*row) for row in rows]
+
+    # --- key-material import -----------------------------------------------------------------------------
+
+    def add_import_token(self, token: ImportTokenRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO import_tokens VALUES (%s, %s, %s, %s, %s, %s)", astuple(token))
+            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (token.wrapping_id,))
+
+    def get_import_token(self, token_id: str) -> ImportTokenRecord | None:
+        rows = self._read("SELECT * FROM import_tokens WHERE token_id = %s", (token_id,))
+        return ImportTokenRecord(*rows[0]) if rows else None
+
+    def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]:
+        return [ImportTokenRecord(*row) for row in self._read(
+            "SELECT * FROM import_tokens WHERE expires_at <= %s ORDER BY expires_at", (now,))]
+
+    def import_tokens(self) -> list[ImportTokenRecord]:
+        return [ImportTokenRecord(*row) for row in self._read("SELECT * FROM import_tokens ORDER BY created_at")]
+
+    def delete_import_token(self, token_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM import_tokens WHERE token_id = %s", (token_id,))
+
+    def get_key_material(self, key_id: str) -> KeyMaterialRecord | None:
+        rows = self._read("SELECT key_id, check_value, present, expires_at, imported_at FROM key_materials"
+                          " WHERE key_id = %s", (key_id,))
+        if not rows:
+            return None
+        key_id, check_value, present, expires_at, imported_at = rows[0]
+        return KeyMaterialRecord(key_id, bytes(check_value), bool(present), expires_at, imported_at)
+
+    def record_key_material(self, material: KeyMaterialRecord, version_id: str, expected_state: str) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE keys SET state = CASE WHEN state = 'PendingImport' THEN 'Enabled' ELSE state END"
+                f" WHERE key_id = %s AND state = %s AND {_LIVE}", (material.key_id, expected_state)).rowcount
+            if not updated:
+                return False
+            conn.execute(
+                "INSERT INTO key_materials VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET"
+                " check_value = excluded.check_value, present = excluded.present,"
+                " expires_at = excluded.expires_at, imported_at = excluded.imported_at",
+                (material.key_id, material.check_value, material.present, material.expires_at,
+                 material.imported_at))
+            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (version_id,))
+            return True
+
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
+                f" WHERE key_id = %s AND state = %s AND {_LIVE}", (key_id, expected_state)).rowcount
+            if updated:
+                conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = %s",
+                             (key_id,))
+                conn.execute("INSERT INTO pending_objects VALUES (%s, %s, %s, %s)", astuple(destroy))
+            return bool(updated)
+
+    def expired_materials(self, now: int) -> list[str]:
+        return [row[0] for row in self._read(
+            f"SELECT m.key_id FROM key_materials m JOIN keys k USING (key_id) WHERE m.present"
+            f" AND m.expires_at <= %s AND k.{_LIVE} ORDER BY m.expires_at", (now,))]
+
+    def versions_without_material(self) -> set[str]:
+        return {row[0] for row in self._read(
+            f"SELECT k.primary_version_id FROM keys k LEFT JOIN key_materials m USING (key_id)"
+            f" WHERE k.origin = 'EXTERNAL' AND k.{_LIVE} AND (m.present IS NULL OR NOT m.present)")}
 
     # --- tags --------------------------------------------------------------------------------------------
 

@@ -27,7 +27,9 @@ from hsmkms.store.base import (
     AccessKeyRecord,
     AliasRecord,
     AlreadyExists,
+    ImportTokenRecord,
     KeyFilter,
+    KeyMaterialRecord,
     KeyRecord,
     PendingObject,
     StoreError,
@@ -103,6 +105,25 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE access_keys ADD COLUMN policy TEXT;
     """,
+    # 4: key-material import -- import tokens and the check values of imported material
+    """
+    CREATE TABLE import_tokens (
+        token_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        wrapping_id TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX import_tokens_by_expiry ON import_tokens(expires_at);
+    CREATE TABLE key_materials (
+        key_id TEXT PRIMARY KEY REFERENCES keys(key_id),
+        check_value BLOB NOT NULL,
+        present BOOLEAN NOT NULL,
+        expires_at BIGINT,
+        imported_at BIGINT NOT NULL
+    );
+    """,
 ]
 
 _LIVE = "destroyed_at IS NULL"
@@ -115,7 +136,11 @@ EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
     "tags": (["key_id", "tag_key", "tag_value"], "ORDER BY key_id, tag_key"),
     "pending_objects": (["object_id", "key_id", "purpose", "created_at"], "ORDER BY created_at, object_id"),
     "access_keys": ([f.name for f in fields(AccessKeyRecord)], "ORDER BY created_at, access_key_id"),
+    "import_tokens": ([f.name for f in fields(ImportTokenRecord)], "ORDER BY created_at, token_id"),
+    "key_materials": ([f.name for f in fields(KeyMaterialRecord)], "ORDER BY imported_at, key_id"),
 }
+# Columns SQLite keeps as 0/1 that PostgreSQL keeps as booleans: table -> column positions.
+_BOOLEAN_COLUMNS = {"key_materials": {2}}
 
 _KEY_FIELDS = [f.name for f in fields(KeyRecord)]
 _KEY_COLUMNS = ", ".join(_KEY_FIELDS)
@@ -317,7 +342,8 @@ class SqliteStore:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                return {table: [tuple(bool(v) if table == "keys" and i in _KEY_BOOLEANS else v
+                booleans = {"keys": set(_KEY_BOOLEANS), **_BOOLEAN_COLUMNS}
+                return {table: [tuple(bool(v) if i in booleans.get(table, ()) else v
                                       for i, v in enumerate(row))
                                 for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} {order}")]
                         for table, (columns, order) in EXPORTED_TABLES.items()}
@@ -460,6 +486,73 @@ class SqliteStore:
             (now,),
         )
         return [_key(row) for row in rows]
+
+    # --- key-material import -----------------------------------------------------------------------------
+
+    def add_import_token(self, token: ImportTokenRecord) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO import_tokens VALUES (?, ?, ?, ?, ?, ?)", astuple(token))
+            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (token.wrapping_id,))
+
+    def get_import_token(self, token_id: str) -> ImportTokenRecord | None:
+        rows = self._read("SELECT * FROM import_tokens WHERE token_id = ?", (token_id,))
+        return ImportTokenRecord(*rows[0]) if rows else None
+
+    def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]:
+        return [ImportTokenRecord(*row) for row in self._read(
+            "SELECT * FROM import_tokens WHERE expires_at <= ? ORDER BY expires_at", (now,))]
+
+    def import_tokens(self) -> list[ImportTokenRecord]:
+        return [ImportTokenRecord(*row) for row in self._read("SELECT * FROM import_tokens ORDER BY created_at")]
+
+    def delete_import_token(self, token_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM import_tokens WHERE token_id = ?", (token_id,))
+
+    def get_key_material(self, key_id: str) -> KeyMaterialRecord | None:
+        rows = self._read("SELECT key_id, check_value, present, expires_at, imported_at FROM key_materials"
+                          " WHERE key_id = ?", (key_id,))
+        if not rows:
+            return None
+        key_id, check_value, present, expires_at, imported_at = rows[0]
+        return KeyMaterialRecord(key_id, bytes(check_value), bool(present), expires_at, imported_at)
+
+    def record_key_material(self, material: KeyMaterialRecord, version_id: str, expected_state: str) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE keys SET state = CASE WHEN state = 'PendingImport' THEN 'Enabled' ELSE state END"
+                f" WHERE key_id = ? AND state = ? AND {_LIVE}", (material.key_id, expected_state)).rowcount
+            if not updated:
+                return False
+            conn.execute(
+                "INSERT INTO key_materials VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET"
+                " check_value = excluded.check_value, present = excluded.present,"
+                " expires_at = excluded.expires_at, imported_at = excluded.imported_at",
+                (material.key_id, material.check_value, material.present, material.expires_at,
+                 material.imported_at))
+            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version_id,))
+            return True
+
+    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
+                f" WHERE key_id = ? AND state = ? AND {_LIVE}", (key_id, expected_state)).rowcount
+            if updated:
+                conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = ?",
+                             (key_id,))
+                conn.execute("INSERT INTO pending_objects VALUES (?, ?, ?, ?)", astuple(destroy))
+            return bool(updated)
+
+    def expired_materials(self, now: int) -> list[str]:
+        return [row[0] for row in self._read(
+            f"SELECT m.key_id FROM key_materials m JOIN keys k USING (key_id) WHERE m.present"
+            f" AND m.expires_at <= ? AND k.{_LIVE} ORDER BY m.expires_at", (now,))]
+
+    def versions_without_material(self) -> set[str]:
+        return {row[0] for row in self._read(
+            f"SELECT k.primary_version_id FROM keys k LEFT JOIN key_materials m USING (key_id)"
+            f" WHERE k.origin = 'EXTERNAL' AND k.{_LIVE} AND (m.present IS NULL OR NOT m.present)")}
 
     # --- tags --------------------------------------------------------------------------------------------
 

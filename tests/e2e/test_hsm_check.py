@@ -21,7 +21,8 @@ from tests.e2e.server import clean_env, provision_server
 CRASH_CHILD = Path(__file__).with_name("crash_child.py")
 CHECKS = ["token found", "CKM_AES_KEY_GEN", "CKM_AES_GCM", "test key: AES-256 token object", "CKA_SENSITIVE true",
           "CKA_EXTRACTABLE false", "CKA_MODIFIABLE false", "CKA_ALLOWED_MECHANISMS", "CKA_VALUE unreadable",
-          "C_WrapKey refused", "AES-GCM with AAD", "wrong AAD refused", "C_GenerateRandom", "object lookup by CKA_ID",
+          "C_WrapKey refused", "AES-GCM with AAD", "wrong AAD refused", "C_GenerateRandom",
+          "C_UnwrapKey (RSA, key import)", "object lookup by CKA_ID",
           "two processes at once", "test key removed"]
 
 
@@ -44,6 +45,13 @@ def test_hsm_check_passes_on_the_test_tokens(token, tmp_path):
     for figure in ("encrypt p50 (us)", "decrypt p99 (us)", "round trips a second, two processes"):
         assert report["figures"][figure] > 0
     assert any(name.startswith("one object lookup") for name in report["figures"])
+    unwrap = next(f for f in report["findings"] if f["name"] == "C_UnwrapKey (RSA, key import)")
+    assert unwrap["ok"] and not unwrap["required"]
+    assert unwrap["detail"] == {  # SoftHSM 2.6.1 refuses OAEP with SHA-256 in C_UnwrapKey
+        "softhsm": "key import with RSAES_OAEP_SHA_1, RSAES_PKCS1_V1_5; not RSAES_OAEP_SHA_256 (refused by "
+                   "GetParametersForImport)",
+        "nss": "key import with RSAES_OAEP_SHA_256, RSAES_OAEP_SHA_1, RSAES_PKCS1_V1_5",
+    }[token]
     table = live.cli("hsm", "check", "--rounds", "10").stdout
     assert "the token can serve hsmkms" in table and "CKM_AES_GCM" in table
     assert token_objects(live.config) == before  # it removed what it made

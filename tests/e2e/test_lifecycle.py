@@ -7,6 +7,7 @@ aliases, tags, ListKeys filters and ReEncrypt.
 from __future__ import annotations
 
 import base64
+import os
 import time
 import uuid
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import make_sdk
 from tests.e2e.sdk import ApiError
+from tests.e2e.test_import import import_material
 
 DAY = 86400
 
@@ -46,8 +48,12 @@ def describe(client, key_id: str) -> dict:
 
 
 def prepared(client, state: str) -> dict:
-    """A key in ``state`` with a blob, an alias and a tag made while it was Enabled."""
-    key_id = new_key(client)
+    """A key in ``state`` with a blob, an alias and a tag made while it was Enabled.  PendingImport: a key with
+    imported material (Origin=EXTERNAL) whose material was deleted after the blob was made."""
+    key_id = new_key(client, Origin="EXTERNAL") if state == "PendingImport" else new_key(client)
+    material = os.urandom(32)
+    if state == "PendingImport":
+        import_material(client, key_id, material)
     facts = {
         "key": key_id,
         "blob": client.call("Encrypt", KeyId=key_id, Plaintext="YQ==")["CiphertextBlob"],
@@ -55,12 +61,16 @@ def prepared(client, state: str) -> dict:
         "version": describe(client, key_id)["PrimaryKeyVersion"],
         "other": new_key(client),
     }
+    facts["external"] = state == "PendingImport"
+    facts["material"] = material
     client.call("CreateAlias", AliasName=facts["alias"], KeyId=key_id)
     client.call("TagResource", KeyId=key_id, Tags='[{"TagKey":"t","TagValue":"v"}]')
     if state == "Disabled":
         client.call("DisableKey", KeyId=key_id)
     elif state == "PendingDeletion":
         client.call("ScheduleKeyDeletion", KeyId=key_id, PendingWindowInDays=7)
+    elif state == "PendingImport":
+        client.call("DeleteKeyMaterial", KeyId=key_id)
     assert describe(client, key_id)["KeyState"] == state
     return facts
 
@@ -98,7 +108,25 @@ CALLS = {
     "UpdateAlias": lambda c, f: c.call("UpdateAlias", AliasName=_alias_of_other(c, f), KeyId=f["key"]),
     "SetDeletionProtection": lambda c, f: c.call("SetDeletionProtection", KeyId=f["key"],
                                                  EnableDeletionProtection=True),
+    # Key-material import: on a key whose Origin is not EXTERNAL these answer Unsupported.Origin, after the gate.
+    "GetParametersForImport": lambda c, f: _expect_origin(f, lambda: c.call(
+        "GetParametersForImport", KeyId=f["key"], WrappingKeySpec="RSA_2048", WrappingAlgorithm="RSAES_OAEP_SHA_1")),
+    "DeleteKeyMaterial": lambda c, f: _expect_origin(f, lambda: c.call("DeleteKeyMaterial", KeyId=f["key"])),
+    "ImportKeyMaterial": lambda c, f: import_material(c, f["key"], f["material"]) if f["external"] else
+    _expect_origin(f, lambda: c.call("ImportKeyMaterial", KeyId=f["key"], ImportToken="none",
+                                     EncryptedKeyMaterial=base64.b64encode(bytes(256)).decode())),
 }
+
+
+def _expect_origin(facts, call) -> None:
+    """Run ``call``; on a key that is not EXTERNAL, past the state gate, it must answer Unsupported.Origin."""
+    if facts["external"]:
+        call()
+        return
+    with pytest.raises(ApiError) as caught:
+        call()
+    if caught.value.code != "Unsupported.Origin":
+        raise caught.value
 
 
 def _alias_of_other(client, facts) -> str:
@@ -108,20 +136,22 @@ def _alias_of_other(client, facts) -> str:
 
 
 OK, SMF = "ok", "Rejected.StateModifiedFailed"
-ROWS = {  # action: (Enabled, Disabled, PendingDeletion) as in §2.8
+PI = "Rejected.PendingImport"
+ROWS = {  # action: (Enabled, Disabled, PendingDeletion, PendingImport) as in §2.8
     **dict.fromkeys(["DescribeKey", "DeleteAlias", "ListAliasesByKeyId", "ListResourceTags", "DescribeKeyVersion",
-                     "ListKeyVersions"], (OK, OK, OK)),
+                     "ListKeyVersions", "GetParametersForImport", "DeleteKeyMaterial"], (OK, OK, OK, OK)),
     **dict.fromkeys(["GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "Encrypt", "Decrypt", "ReEncrypt",
                      "ReEncrypt(destination)", "CreateKeyVersion", "UpdateRotationPolicy"],
-                    (OK, "Rejected.Disabled", "Rejected.PendingDeletion")),
+                    (OK, "Rejected.Disabled", "Rejected.PendingDeletion", PI)),
     **dict.fromkeys(["UpdateKeyDescription", "TagResource", "UntagResource", "TagResources", "UntagResources",
-                     "UpdateAlias", "SetDeletionProtection"], (OK, OK, "Rejected.PendingDeletion")),
-    **dict.fromkeys(["EnableKey", "DisableKey"], (OK, OK, SMF)),
-    **dict.fromkeys(["ScheduleKeyDeletion", "CreateAlias"], (OK, OK, SMF)),
-    "CancelKeyDeletion": (SMF, SMF, OK),
+                     "UpdateAlias", "SetDeletionProtection"], (OK, OK, "Rejected.PendingDeletion", OK)),
+    **dict.fromkeys(["EnableKey", "DisableKey"], (OK, OK, SMF, SMF)),
+    **dict.fromkeys(["ScheduleKeyDeletion", "CreateAlias", "ImportKeyMaterial"], (OK, OK, SMF, OK)),
+    "CancelKeyDeletion": (SMF, SMF, OK, SMF),
 }
+STATES = ["Enabled", "Disabled", "PendingDeletion", "PendingImport"]
 CELLS = [(action, state, expected) for action, row in ROWS.items()
-         for state, expected in zip(["Enabled", "Disabled", "PendingDeletion"], row, strict=True)]
+         for state, expected in zip(STATES, row, strict=True)]
 
 
 @pytest.mark.parametrize("action, state, expected", CELLS, ids=[f"{a}-{s}" for a, s, _ in CELLS])

@@ -17,7 +17,9 @@ from hsmkms.store.base import (
     AccessKeyRecord,
     AliasRecord,
     AlreadyExists,
+    ImportTokenRecord,
     KeyFilter,
+    KeyMaterialRecord,
     KeyRecord,
     PendingObject,
     Store,
@@ -410,3 +412,57 @@ def test_reads_do_not_count_as_changes(store, open_store):
 
 def test_the_store_answers_a_ping(store):
     assert store.ping()
+
+
+# --- key-material import ------------------------------------------------------------------------------
+
+
+def test_import_tokens_are_recorded_and_expire(store):
+    key = new_key(store, state="PendingImport", origin="EXTERNAL")
+    wrapping_id = str(uuid.uuid4())
+    store.begin_object(PendingObject(wrapping_id, key.key_id, "create", 100))
+    token = ImportTokenRecord("tok-" + uuid.uuid4().hex, key.key_id, wrapping_id, "RSAES_OAEP_SHA_1", 100, 200)
+    store.add_import_token(token)
+    assert store.pending_objects() == []  # the wrapping key's journal entry ends with the record
+    assert store.get_import_token(token.token_id) == token
+    assert store.get_import_token("tok-other") is None
+    assert store.expired_import_tokens(199) == []
+    assert store.expired_import_tokens(200) == [token]
+    store.delete_import_token(token.token_id)
+    assert store.get_import_token(token.token_id) is None
+
+
+def test_key_material_moves_the_key_between_pending_import_and_enabled(open_store):
+    store, other = open_store(), open_store()
+    key = new_key(store, state="PendingImport", origin="EXTERNAL")
+    assert store.versions_without_material() == {key.primary_version_id}
+    assert store.get_key_material(key.key_id) is None
+    store.begin_object(PendingObject(key.primary_version_id, key.key_id, "create", 100))
+    material = KeyMaterialRecord(key.key_id, b"\x00check\xff", True, 500, 100)
+    assert not store.record_key_material(material, key.primary_version_id, expected_state="Enabled")
+    assert store.record_key_material(material, key.primary_version_id, expected_state="PendingImport")
+    assert store.pending_objects() == []
+    assert other.get_key(key.key_id).state == "Enabled"
+    assert other.get_key_material(key.key_id) == material
+    assert store.versions_without_material() == set()
+    assert store.expired_materials(499) == []
+    assert store.expired_materials(500) == [key.key_id]
+
+    destroy = PendingObject(key.primary_version_id, key.key_id, "destroy", 400)
+    assert not store.clear_key_material(key.key_id, expected_state="Disabled", destroy=destroy)
+    assert store.pending_objects() == []
+    assert store.clear_key_material(key.key_id, expected_state="Enabled", destroy=destroy)
+    assert store.pending_objects() == [destroy]  # journalled with the change: recovery finishes it
+    store.finish_object(destroy.object_id)
+    assert store.get_key(key.key_id).state == "PendingImport"
+    cleared = store.get_key_material(key.key_id)
+    assert (cleared.check_value, cleared.present, cleared.expires_at) == (material.check_value, False, None)
+    assert store.expired_materials(10**9) == []
+    assert store.versions_without_material() == {key.primary_version_id}
+
+    # Re-imported: the record is replaced; a key pending deletion keeps its state when the material goes.
+    assert store.record_key_material(KeyMaterialRecord(key.key_id, material.check_value, True, None, 300),
+                                     key.primary_version_id, expected_state="PendingImport")
+    assert store.update_key(key.key_id, {"state": "PendingDeletion", "delete_at": 10**9}, expected_state="Enabled")
+    assert store.clear_key_material(key.key_id, expected_state="PendingDeletion", destroy=destroy)
+    assert store.get_key(key.key_id).state == "PendingDeletion"

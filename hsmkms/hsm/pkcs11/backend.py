@@ -36,11 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
 
 from hsmkms.hsm.backend import (
+    IMPORT_WRAPPING_ALGORITHMS,
     DecryptionFailed,
     HsmAuthFailed,
     HsmConfigurationError,
@@ -48,6 +52,7 @@ from hsmkms.hsm.backend import (
     HsmKeyMissing,
     HsmUnavailable,
     KeyObjectInfo,
+    UnwrapFailed,
 )
 from hsmkms.hsm.namespace import Namespace
 from hsmkms.hsm.pkcs11 import native
@@ -173,6 +178,45 @@ def master_key_template(cka_id: bytes, label: str, restrict_mechanisms: bool = T
     return template
 
 
+WRAPPING_KEY_BITS = 2048
+# Import wrapping algorithm -> (C_UnwrapKey mechanism, its parameter, the host-side padding that makes such
+# ciphertext; the padding is used only to measure what the token can unwrap, with throwaway bytes).
+UNWRAP_MECHANISMS = {
+    "RSAES_OAEP_SHA_256": (Mechanism.RSA_PKCS_OAEP, (Mechanism.SHA256, MGF.SHA256, None),
+                           lambda: padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)),
+    "RSAES_OAEP_SHA_1": (Mechanism.RSA_PKCS_OAEP, (Mechanism.SHA_1, MGF.SHA1, None),
+                         lambda: padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)),
+    "RSAES_PKCS1_V1_5": (Mechanism.RSA_PKCS, None, padding.PKCS1v15),
+}
+assert tuple(UNWRAP_MECHANISMS) == IMPORT_WRAPPING_ALGORITHMS
+# What a token answers when wrapped material does not open (bad padding, wrong key, wrong length).  NSS answers
+# CKR_ARGUMENTS_BAD for some (measured); only algorithms the token was measured to unwrap with are used, so
+# there it means the data, not the mechanism.
+_UNWRAP_REFUSED_ERRORS = (p11.WrappedKeyInvalid, p11.WrappedKeyLenRange, p11.EncryptedDataInvalid,
+                          p11.EncryptedDataLenRange, p11.DataInvalid, p11.DataLenRange, p11.ArgumentsBad)
+
+
+def wrapping_private_template(cka_id: bytes, label: str, restrict_mechanisms: bool) -> dict:
+    """The private half of an import wrapping key: stays in the token, only unwraps (no decrypt: the material
+    it opens never reaches the host)."""
+    template = {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.UNWRAP: True,
+        Attribute.DECRYPT: False,
+        Attribute.SIGN: False,
+        Attribute.DERIVE: False,
+        Attribute.ID: cka_id,
+        Attribute.LABEL: label,
+    }
+    if restrict_mechanisms:
+        template[Attribute.ALLOWED_MECHANISMS] = [Mechanism.RSA_PKCS_OAEP, Mechanism.RSA_PKCS]
+    return template
+
+
 class Pkcs11Backend:
     """One logged-in session per process; calls serialised by a thread lock.  With the ``softhsm`` profile,
     calls are coordinated across processes sharing the token by a file lock (``lock_path``): shared to list or
@@ -216,6 +260,9 @@ class Pkcs11Backend:
         self._slot_id: int | None = None
         # Cleared when the token refuses CKA_ALLOWED_MECHANISMS in a template (it does not support it).
         self._restrict_mechanisms = self.profile.allowed_mechanisms
+        self._wrapping_keys: dict[str, object] = {}  # object id -> import wrapping private key (handle cache)
+        self._unwrap_algorithms: tuple[str, ...] | None = None  # measured at the first need
+        self._unwrap_sets_modifiable = True  # cleared when the token refuses CKA_MODIFIABLE in C_UnwrapKey
 
     # --- locking -----------------------------------------------------------------------------------------
 
@@ -298,6 +345,7 @@ class Pkcs11Backend:
         if self._pid != pid:
             # A forked child inherits the parent's Python objects but not a usable library state.
             self._lib, self._session, self._keys, self._pid = None, None, {}, pid
+            self._wrapping_keys = {}
         now = time.monotonic()
         if self._last_failure and now - self._last_failure < RECONNECT_INTERVAL_S:
             raise HsmUnavailable("the HSM was unavailable moments ago; retrying shortly")
@@ -388,6 +436,7 @@ class Pkcs11Backend:
 
     def _drop_session(self, finalize: bool) -> None:
         session, self._session, self._keys = self._session, None, {}
+        self._wrapping_keys = {}  # handles belong to the session's library instance
         if self._pid != os.getpid():
             return  # the parent's objects: nothing of them is ours to close
         if session is not None:
@@ -526,7 +575,8 @@ class Pkcs11Backend:
         try:
             self._with_key(object_id, destroy, missing_key_is_fault=False, exclusive=True)
         except HsmKeyMissing:
-            pass  # already gone
+            # Already gone, or the id is an import wrapping key's (recovery finishes journalled objects by id).
+            self.destroy_wrapping_key(object_id)
 
     def has_key(self, object_id: str) -> bool:
         try:
@@ -549,30 +599,37 @@ class Pkcs11Backend:
         return list(self._foreign)
 
     def key_info(self, object_id: str) -> KeyObjectInfo:
-        def read(key) -> KeyObjectInfo:
-            a = Attribute
-            return KeyObjectInfo(
-                object_id=object_id,
-                label=key[a.LABEL],  # as on the token
-                token=key[a.TOKEN],
-                private=key[a.PRIVATE],
-                sensitive=key[a.SENSITIVE],
-                extractable=key[a.EXTRACTABLE],
-                modifiable=key[a.MODIFIABLE],
-                always_sensitive=key[a.ALWAYS_SENSITIVE],
-                never_extractable=key[a.NEVER_EXTRACTABLE],
-                encrypt=key[a.ENCRYPT],
-                decrypt=key[a.DECRYPT],
-                wrap=key[a.WRAP],
-                unwrap=key[a.UNWRAP],
-                sign=key[a.SIGN],
-                verify=key[a.VERIFY],
-                derive=key[a.DERIVE],
-                key_bits=key[a.VALUE_LEN] * 8,
-                allowed_mechanisms=self._allowed_mechanisms(key),
-            )
+        return self._with_key(object_id, lambda key: self._info(object_id, key))
 
-        return self._with_key(object_id, read)
+    def _info(self, object_id: str, key) -> KeyObjectInfo:
+        def read(attribute):
+            try:
+                return key[attribute]
+            except p11.AttributeTypeInvalid:  # not an attribute of this class (a private key cannot encrypt)
+                return False
+
+        a = Attribute
+        secret = key.object_class == ObjectClass.SECRET_KEY
+        return KeyObjectInfo(
+            object_id=object_id,
+            label=key[a.LABEL],  # as on the token
+            token=key[a.TOKEN],
+            private=key[a.PRIVATE],
+            sensitive=key[a.SENSITIVE],
+            extractable=key[a.EXTRACTABLE],
+            modifiable=key[a.MODIFIABLE],
+            always_sensitive=key[a.ALWAYS_SENSITIVE],
+            never_extractable=key[a.NEVER_EXTRACTABLE],
+            encrypt=read(a.ENCRYPT),
+            decrypt=read(a.DECRYPT),
+            wrap=read(a.WRAP),
+            unwrap=read(a.UNWRAP),
+            sign=read(a.SIGN),
+            verify=read(a.VERIFY),
+            derive=read(a.DERIVE),
+            key_bits=(key[a.VALUE_LEN] if secret else len(key[a.MODULUS])) * 8,
+            allowed_mechanisms=self._allowed_mechanisms(key),
+        )
 
     def allowed_mechanisms(self, object_id: str) -> tuple[str, ...] | None:
         return self._with_key(object_id, self._allowed_mechanisms)
@@ -642,6 +699,165 @@ class Pkcs11Backend:
                 raise DecryptionFailed() from exc
 
         return self._with_key(object_id, decrypt)
+
+
+    # --- key-material import (BYOK) ----------------------------------------------------------------------
+
+    def create_wrapping_key_pair(self, object_id: str, label: str) -> bytes:
+        cka_id, cka_label = self.namespace.cka_id(object_id), self.namespace.cka_label(label)
+
+        def generate(session):
+            def make(restrict: bool):
+                return session.generate_keypair(
+                    KeyType.RSA, WRAPPING_KEY_BITS, store=True,
+                    public_template={Attribute.TOKEN: False, Attribute.ENCRYPT: True, Attribute.WRAP: True,
+                                     Attribute.VERIFY: False, Attribute.ID: cka_id, Attribute.LABEL: cka_label},
+                    private_template=wrapping_private_template(cka_id, cka_label, restrict))
+
+            try:
+                public, private = make(self._restrict_mechanisms)
+            except _ATTRIBUTE_REFUSED_ERRORS:
+                if not self._restrict_mechanisms:
+                    raise
+                self._restrict_mechanisms = False
+                public, private = make(False)
+            try:
+                der = _public_key_der(public)
+            finally:
+                public.destroy()  # a session object; only the private half is kept
+            self._wrapping_keys[object_id] = private
+            return der
+
+        return self._call(generate, exclusive=True)
+
+    def _wrapping_key(self, session, object_id: str):
+        key = self._wrapping_keys.get(object_id)
+        if key is None:
+            with self._token_lock(exclusive=False):
+                found = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                                  Attribute.ID: self.namespace.cka_id(object_id)}))
+            if not found:
+                raise HsmKeyMissing(object_id)
+            key = self._wrapping_keys[object_id] = found[0]
+        return key
+
+    def _with_wrapping_key(self, object_id: str, operation: Callable[[object], T], exclusive: bool = False) -> T:
+        def run(session):
+            try:
+                return operation(self._wrapping_key(session, object_id))
+            except _STALE_HANDLE_ERRORS:
+                self._wrapping_keys.pop(object_id, None)
+                return operation(self._wrapping_key(session, object_id))
+
+        return self._call(run, exclusive=exclusive)
+
+    def unwrap_algorithms(self) -> tuple[str, ...]:
+        """Measured with a session key pair and throwaway bytes: a token may offer CKM_RSA_PKCS_OAEP yet refuse
+        some of its parameters (SoftHSM 2.6.1 takes only SHA-1), which C_GetMechanismInfo does not say."""
+        if self._unwrap_algorithms is None:
+            self._unwrap_algorithms = self._call(self._measure_unwrap)
+        return self._unwrap_algorithms
+
+    def _measure_unwrap(self, session) -> tuple[str, ...]:
+        public, private = session.generate_keypair(
+            KeyType.RSA, WRAPPING_KEY_BITS, store=False,
+            public_template={Attribute.TOKEN: False, Attribute.ENCRYPT: True, Attribute.WRAP: True},
+            private_template={Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                              Attribute.UNWRAP: True, Attribute.DECRYPT: False})
+        try:
+            public_key = serialization.load_der_public_key(_public_key_der(public))
+            throwaway = session.generate_random(MASTER_KEY_BYTES * 8)
+            supported = []
+            for algorithm, (mechanism, parameter, host_padding) in UNWRAP_MECHANISMS.items():
+                try:
+                    key = private.unwrap_key(
+                        ObjectClass.SECRET_KEY, KeyType.AES, public_key.encrypt(throwaway, host_padding()),
+                        mechanism=mechanism, mechanism_param=parameter, store=False,
+                        template={Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                                  Attribute.ENCRYPT: True, Attribute.DECRYPT: True})
+                except p11.PKCS11Error as exc:
+                    log.info("the token does not unwrap with %s (%s)", algorithm, type(exc).__name__)
+                    continue
+                key.destroy()
+                supported.append(algorithm)
+            return tuple(supported)
+        finally:
+            public.destroy()
+            private.destroy()
+
+    def unwrap_aes_key(self, wrapping_id: str, algorithm: str, wrapped: bytes, object_id: str, label: str) -> None:
+        mechanism, parameter, _ = UNWRAP_MECHANISMS[algorithm]
+        cka_id, cka_label = self.namespace.cka_id(object_id), self.namespace.cka_label(label)
+        refused = _UNWRAP_REFUSED_ERRORS + ((p11.GeneralError,) if self.profile.general_error_is_tag_mismatch else ())
+
+        def unwrap(private):
+            template = master_key_template(cka_id, cka_label, restrict_mechanisms=self._restrict_mechanisms)
+            if not self._unwrap_sets_modifiable:
+                del template[Attribute.MODIFIABLE]
+            try:
+                try:
+                    key = private.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, wrapped, mechanism=mechanism,
+                                             mechanism_param=parameter, store=True, template=template)
+                except p11.AttributeReadOnly:
+                    # SoftHSM 2.6.1 refuses CKA_MODIFIABLE in C_UnwrapKey's template (measured): the imported key
+                    # is then modifiable, which cannot make it extractable or readable (PKCS#11 only lets
+                    # CKA_SENSITIVE go to true and CKA_EXTRACTABLE to false).
+                    if Attribute.MODIFIABLE not in template:
+                        raise
+                    log.warning("the token refuses CKA_MODIFIABLE when unwrapping: imported keys are modifiable")
+                    self._unwrap_sets_modifiable = False
+                    del template[Attribute.MODIFIABLE]
+                    key = private.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, wrapped, mechanism=mechanism,
+                                             mechanism_param=parameter, store=True, template=template)
+            except refused as exc:
+                raise UnwrapFailed(f"the material did not open ({type(exc).__name__})") from exc
+            # CKA_VALUE_LEN where the token sets it (NSS does; SoftHSM 2.6.1 leaves it 0 on an unwrapped key).
+            length = key[Attribute.VALUE_LEN]
+            if length and length != MASTER_KEY_BYTES:
+                key.destroy()
+                raise UnwrapFailed(f"the material is {length} bytes, not {MASTER_KEY_BYTES}")
+            self._keys[object_id], self._labels[object_id] = key, label
+
+        self._with_wrapping_key(wrapping_id, unwrap, exclusive=True)
+
+    def destroy_wrapping_key(self, object_id: str) -> None:
+        def destroy(private) -> None:
+            private.destroy()
+            self._wrapping_keys.pop(object_id, None)
+
+        try:
+            self._with_wrapping_key(object_id, destroy, exclusive=True)
+        except HsmKeyMissing:
+            pass  # already gone
+
+    def list_wrapping_key_ids(self) -> dict[str, str]:
+        def enumerate_all(session):
+            found = {}
+            with self._token_lock(exclusive=False):
+                for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY}):
+                    try:
+                        owned = self.namespace.owned(obj[Attribute.LABEL], bytes(obj[Attribute.ID]))
+                    except _STALE_HANDLE_ERRORS:
+                        continue
+                    if owned is not None and owned[1].startswith(WRAPPING_LABEL_PREFIX):
+                        found[owned[0]] = owned[1]
+            return found
+
+        return self._call(enumerate_all)
+
+    def wrapping_key_info(self, object_id: str) -> KeyObjectInfo:
+        return self._with_wrapping_key(object_id, lambda key: self._info(object_id, key))
+
+
+WRAPPING_LABEL_PREFIX = "hsmkms:import:"
+
+
+def _public_key_der(public) -> bytes:
+    """An RSA public key object's SubjectPublicKeyInfo (DER), from its modulus and exponent."""
+    numbers = RSAPublicNumbers(int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big"),
+                               int.from_bytes(public[Attribute.MODULUS], "big"))
+    return numbers.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 # --- token provisioning (SoftHSM and other tokens that can be initialised through PKCS#11) ---------------

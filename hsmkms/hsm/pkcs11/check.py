@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pkcs11 import Attribute, KeyType, Mechanism
 from pkcs11 import exceptions as p11
 
-from hsmkms.hsm.backend import DecryptionFailed, HsmError
+from hsmkms.hsm.backend import IMPORT_WRAPPING_ALGORITHMS, DecryptionFailed, HsmError
 from hsmkms.hsm.pkcs11 import backend as backend_module
 from hsmkms.hsm.pkcs11.backend import MASTER_KEY_MECHANISMS, REQUIREMENTS, Pkcs11Backend
 
@@ -137,6 +137,7 @@ def _exercise(backend: Pkcs11Backend, report: CheckReport, rounds: int) -> None:
         _gcm(backend, report, object_id)
         drawn = {backend.random(32) for _ in range(16)}
         report.add("C_GenerateRandom", len(drawn) == 16, "16 draws of 32 bytes, all different")
+        _unwrap(backend, report)
         _speed(backend, report, object_id, rounds)
         _lookup(backend, report, object_id)
         _two_processes(backend, report, object_id)
@@ -145,6 +146,17 @@ def _exercise(backend: Pkcs11Backend, report: CheckReport, rounds: int) -> None:
             backend.destroy_key(object_id)
             gone = not backend.has_key(object_id)
             report.add("test key removed", gone, "C_DestroyObject" if gone else "the test key is still there")
+
+
+def _unwrap(backend: Pkcs11Backend, report: CheckReport) -> None:
+    """Which import wrapping algorithms the token unwraps an AES key with (C_UnwrapKey, measured): a note, not a
+    requirement -- without any, key-material import (BYOK) is refused, everything else works."""
+    offered = backend.unwrap_algorithms()
+    missing = [name for name in IMPORT_WRAPPING_ALGORITHMS if name not in offered]
+    detail = f"key import with {', '.join(offered) or 'no algorithm'}"
+    if missing:
+        detail += f"; not {', '.join(missing)} (refused by GetParametersForImport)"
+    report.add("C_UnwrapKey (RSA, key import)", bool(offered), detail, required=False)
 
 
 def _attributes(backend: Pkcs11Backend, report: CheckReport, object_id: str) -> None:
