@@ -724,12 +724,12 @@ class Pkcs11Backend:
                 raise HsmKeyMissing(object_id)
             return keypairs.public_key_der(found[0])
 
-        return self._call(read, missing_key_is_fault=True)
+        return self._call(read)
 
     def sign_digest(self, object_id: str, algorithm: str, digest: bytes) -> bytes:
         mechanism, param, prefix = keypairs.SIGNING[algorithm]
         signature = self._with_key(
-            object_id, lambda key: key.sign(prefix + digest, mechanism=mechanism, mechanism_param=param))
+            object_id, lambda key: _able(key, "sign")(prefix + digest, mechanism=mechanism, mechanism_param=param))
         return keypairs.ecdsa_der(signature) if mechanism == Mechanism.ECDSA else signature
 
     def rsa_oaep_decrypt(self, object_id: str, hash_name: str, ciphertext: bytes) -> bytes:
@@ -743,9 +743,9 @@ class Pkcs11Backend:
                 raise DecryptionFailed()
             try:
                 if self.profile.oaep_unpad_on_host:
-                    block = key.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509)
+                    block = _able(key, "decrypt")(ciphertext, mechanism=Mechanism.RSA_X_509)
                     return oaep_decode(block, modulus_bytes, hash_name)
-                return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                return _able(key, "decrypt")(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
                                    mechanism_param=keypairs.OAEP_PARAMS[hash_name])
             except (OaepDecodingError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.DataInvalid,
                     p11.DataLenRange):
@@ -755,7 +755,16 @@ class Pkcs11Backend:
 
     def hmac(self, object_id: str, algorithm: str, message: bytes) -> bytes:
         mechanism, _ = keypairs.HMAC_MECHANISMS[algorithm]
-        return self._with_key(object_id, lambda key: key.sign(message, mechanism=mechanism))
+        return self._with_key(object_id, lambda key: _able(key, "sign")(message, mechanism=mechanism))
+
+
+def _able(key, operation: str):
+    """The key's method for ``operation``; python-pkcs11 gives a key only the methods its CKA_SIGN, CKA_DECRYPT
+    ... allow, so a key made for another usage has none: a configuration error, as the token would say."""
+    method = getattr(key, operation, None)
+    if method is None:
+        raise HsmConfigurationError(f"the key object cannot {operation} (its usage is another)")
+    return method
 
 
 # --- token provisioning (SoftHSM and other tokens that can be initialised through PKCS#11) ---------------
