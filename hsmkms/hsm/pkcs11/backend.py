@@ -738,8 +738,11 @@ class Pkcs11Backend:
         ciphertext that does not decrypt."""
 
         def decrypt(key):
-            modulus_bytes = len(key[Attribute.MODULUS])
-            if len(ciphertext) != modulus_bytes:
+            modulus = bytes(key[Attribute.MODULUS])
+            modulus_bytes = len(modulus)
+            # Public checks first: a ciphertext must be a number below the modulus (NSS answers one that is
+            # not with CKR_ARGUMENTS_BAD, which otherwise means a parameter the token does not take).
+            if len(ciphertext) != modulus_bytes or int.from_bytes(ciphertext, "big") >= int.from_bytes(modulus, "big"):
                 raise DecryptionFailed()
             try:
                 if self.profile.oaep_unpad_on_host:
