@@ -90,7 +90,8 @@ def test_sign_then_verify_here_and_with_cryptography(server, keys, sdk_name, key
     assert (signed["KeyId"], signed["KeyVersionId"]) == (key["KeyId"], key["KeyVersionId"])
     signature = base64.b64decode(signed["Value"])
     verify_locally(public_key(sdk, key), algorithm, signature, message)
-    verified = sdk.call("AsymmetricVerify", **key, Algorithm=algorithm, Digest=digest_of(message), Value=signed["Value"])
+    verified = sdk.call("AsymmetricVerify", **key, Algorithm=algorithm, Digest=digest_of(message),
+                        Value=signed["Value"])
     assert verified["Value"] is True
     other = sdk.call("AsymmetricVerify", **key, Algorithm=algorithm, Digest=digest_of(message + b"!"),
                      Value=signed["Value"])
