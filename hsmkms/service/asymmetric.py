@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from hsmkms.errors import InvalidParameter, KeyVersionNotFound, UnsupportedOperation
+from hsmkms.errors import InvalidParameter, KeyNotFound, KeyVersionNotFound, UnsupportedOperation
 from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
 from hsmkms.service import states
 from hsmkms.service.keys import KeyService
@@ -118,7 +118,7 @@ class AsymmetricService:
                                        f"{key.key_spec} key for {key.key_usage}.")
         try:
             version = self.keys.version(version_id)
-        except Exception:
+        except KeyNotFound:
             raise KeyVersionNotFound() from None
         if version.key_id != key.key_id:
             raise KeyVersionNotFound()

@@ -572,6 +572,7 @@ class Pkcs11Backend:
                     return False
 
             if isinstance(key, PrivateKey):
+                # EC: both curves hsmkms makes (P-256, secp256k1) are 256-bit
                 key_bits = len(key[a.MODULUS]) * 8 if key.key_type == KeyType.RSA else 256
             else:
                 key_bits = key[a.VALUE_LEN] * 8
