@@ -160,9 +160,9 @@ class KeyService:
         self.store.begin_object(PendingObject(version_id, key_id, "create", self.now()))
         try:
             self._generate_object(version_id, hsm_label(key_id, version_id), key_spec, key_usage)
-        except HsmUnsupported as exc:
+        except HsmUnsupported:  # what the token answered is in the server log
             self._abandon_object(version_id)
-            raise InvalidParameter("KeySpec", f"This HSM does not support {key_spec} keys ({exc}).") from None
+            raise InvalidParameter("KeySpec", f"This HSM does not support {key_spec} keys.") from None
         except BaseException:
             self._abandon_object(version_id)
             raise

@@ -22,7 +22,8 @@ CRASH_CHILD = Path(__file__).with_name("crash_child.py")
 OPTIONAL = ["CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_RSA_PKCS_OAEP", "CKM_RSA_X_509",
             "CKM_EC_KEY_PAIR_GEN", "CKM_ECDSA", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
             "CKM_SHA384_HMAC", "CKM_SHA512_HMAC"]  # asymmetric and HMAC keys: notes, not requirements
-CHECKS = ["token found", "CKM_AES_KEY_GEN", "CKM_AES_GCM", *OPTIONAL, "test key: AES-256 token object", "CKA_SENSITIVE true",
+CHECKS = ["token found", "CKM_AES_KEY_GEN", "CKM_AES_GCM", *OPTIONAL, "test key: AES-256 token object",
+          "CKA_SENSITIVE true",
           "CKA_EXTRACTABLE false", "CKA_MODIFIABLE false", "CKA_ALLOWED_MECHANISMS", "CKA_VALUE unreadable",
           "C_WrapKey refused", "AES-GCM with AAD", "wrong AAD refused", "C_GenerateRandom", "object lookup by CKA_ID",
           "two processes at once", "test key removed"]
