@@ -33,6 +33,7 @@ from hsmkms.hsm.backend import HsmBackend
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
 from hsmkms.metrics import MeteredHsm, Metrics
 from hsmkms.service.access_keys import SERVICE_KEY_ID, AccessKeyService
+from hsmkms.service.asymmetric import AsymmetricService
 from hsmkms.service.crypto import CryptoService
 from hsmkms.service.keys import Identity, KeyService
 from hsmkms.service.maintenance import Maintenance
@@ -85,6 +86,7 @@ def build_runtime(settings: Settings, *, hsm: HsmBackend | None = None, clock: C
         access_keys=AccessKeyService(store, hsm, watch, clock, token_iv=settings.gcm_iv == "token"),
         maintenance=Maintenance(keys),
         identity=identity,
+        asymmetric=AsymmetricService(keys, hsm),
     )
     nonces = open_nonce_cache(settings)
     return Runtime(settings, store, nonces, hsm, watch, services)

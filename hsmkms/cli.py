@@ -19,6 +19,7 @@ from hsmkms.backup import BackupError
 from hsmkms.errors import KmsError
 from hsmkms.hsm.backend import HsmError
 from hsmkms.policy import ALLOW_ALL, Policy, PolicyError, parse_policy, policy_warnings
+from hsmkms.service.asymmetric import key_usage_for
 from hsmkms.service.keys import parse_rotation_interval, validate_alias_name
 from hsmkms.settings import Settings, SettingsError, load
 from hsmkms.store.base import StoreError
@@ -174,21 +175,37 @@ def key() -> None:
 @key.command("create")
 @click.option("--alias", help="Alias to give the key, alias/...")
 @click.option("--description", default="", help="Description of the key.")
-@click.option("--rotation-interval", help="Rotate automatically, e.g. 90d (7d-730d).")
+@click.option("--rotation-interval", help="Rotate automatically, e.g. 90d (7d-730d; symmetric keys only).")
+@click.option("--spec", "key_spec", default="Aliyun_AES_256", show_default=True,
+              help="Aliyun_AES_256, RSA_2048, RSA_3072, EC_P256, EC_P256K, HMAC_SHA_224/256/384/512.")
+@click.option("--usage", "key_usage", help="ENCRYPT/DECRYPT, SIGN/VERIFY or GENERATE/VERIFY_MAC (default: the "
+                                           "spec's first: ENCRYPT/DECRYPT for RSA, SIGN/VERIFY for EC).")
 @with_runtime
-def key_create(runtime: Runtime, alias: str | None, description: str, rotation_interval: str | None) -> None:
-    """Create a symmetric key (AES-256, in the HSM); prints its id."""
+def key_create(runtime: Runtime, alias: str | None, description: str, rotation_interval: str | None,
+               key_spec: str, key_usage: str | None) -> None:
+    """Create a key in the HSM (AES-256 by default, or a key pair, or an HMAC key); prints its id."""
     keys = runtime.services.keys
     if alias is not None:
         validate_alias_name(alias)
     record = keys.create_key(
-        key_spec="Aliyun_AES_256", key_usage="ENCRYPT/DECRYPT", origin="Aliyun_KMS", protection_level="HSM",
+        key_spec=key_spec, key_usage=key_usage_for(key_spec, key_usage), origin="Aliyun_KMS", protection_level="HSM",
         description=description,
         rotation_interval=None if rotation_interval is None else parse_rotation_interval(rotation_interval),
     )
     if alias is not None:
         keys.create_alias(alias, record)
     click.echo(record.key_id)
+
+
+@key.command("public-key")
+@click.argument("key_ref", metavar="KEY")
+@click.option("--version", "version_id", help="The key version (default: the primary one).")
+@with_runtime
+def key_public_key(runtime: Runtime, key_ref: str, version_id: str | None) -> None:
+    """Print an asymmetric key's public key (PEM)."""
+    key = runtime.services.keys.resolve(key_ref)
+    _, pem = runtime.services.asymmetric.public_key_pem(key, version_id or key.primary_version_id)
+    click.echo(pem, nl=False)
 
 
 @key.command("list")

@@ -222,3 +222,21 @@ class MeteredHsm:
 
     def wrapping_key_info(self, object_id: str) -> KeyObjectInfo:
         return self._backend.wrapping_key_info(object_id)
+
+    def create_key_pair(self, object_id: str, label: str, key_spec: str, usage: str) -> None:
+        self._timed("create_key", lambda: self._backend.create_key_pair(object_id, label, key_spec, usage))
+
+    def create_hmac_key(self, object_id: str, label: str, algorithm: str) -> None:
+        self._timed("create_key", lambda: self._backend.create_hmac_key(object_id, label, algorithm))
+
+    def public_key(self, object_id: str) -> bytes:
+        return self._timed("public_key", lambda: self._backend.public_key(object_id))
+
+    def sign_digest(self, object_id: str, algorithm: str, digest: bytes) -> bytes:
+        return self._timed("sign", lambda: self._backend.sign_digest(object_id, algorithm, digest))
+
+    def rsa_oaep_decrypt(self, object_id: str, hash_name: str, ciphertext: bytes) -> bytes:
+        return self._timed("decrypt", lambda: self._backend.rsa_oaep_decrypt(object_id, hash_name, ciphertext))
+
+    def hmac(self, object_id: str, algorithm: str, message: bytes) -> bytes:
+        return self._timed("mac", lambda: self._backend.hmac(object_id, algorithm, message))

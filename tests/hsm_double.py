@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+from pkcs11 import Mechanism
 from pkcs11 import exceptions as p11
 
 import hsmkms.hsm.pkcs11.backend as backend_module
@@ -46,6 +47,15 @@ class ModuleDouble:
         if self.decrypt_error is not None:
             raise self.decrypt_error
         return self.real.gcm_decrypt(*args)
+
+
+class TokenWithoutEcdsa(ModuleDouble):
+    """A token that offers everything hsmkms needs but not CKM_ECDSA (C_GetMechanismInfo: CKR_MECHANISM_INVALID)."""
+
+    def mechanism_info(self, slot_id, mechanism):
+        if mechanism == Mechanism.ECDSA:
+            raise p11.MechanismInvalid("C_GetMechanismInfo answered CKR 0x70")
+        return self.real.mechanism_info(slot_id, mechanism)
 
 
 class TokenWithoutGcm(ModuleDouble):

@@ -25,6 +25,7 @@ from hsmkms.api.authorize import (
 from hsmkms.api.params import Params
 from hsmkms.errors import InvalidParameter, MissingParameter
 from hsmkms.service.access_keys import AccessKeyService
+from hsmkms.service.asymmetric import AsymmetricService, Used, key_usage_for
 from hsmkms.service.crypto import CryptoService, Located, Sealed
 from hsmkms.service.export import WrappingKey, wrapping_key
 from hsmkms.service.imports import ImportService
@@ -45,8 +46,6 @@ from hsmkms.store.base import AliasRecord, KeyFilter, KeyRecord, VersionRecord
 MAX_ENCRYPT_PLAINTEXT_BYTES = 6 * 1024
 MAX_DESCRIPTION_CHARS = 8192
 DATA_KEY_SPECS = {"AES_256": 32, "AES_128": 16}
-SYMMETRIC_KEY_SPECS = {"Aliyun_AES_256"}
-KEY_USAGES = {"ENCRYPT/DECRYPT"}
 ORIGINS = {"Aliyun_KMS", "EXTERNAL"}
 PROTECTION_LEVELS = {"SOFTWARE", "HSM"}
 
@@ -59,6 +58,7 @@ class Services:
     access_keys: AccessKeyService
     maintenance: Maintenance
     identity: Identity
+    asymmetric: AsymmetricService
 
 
 @dataclass(frozen=True)
@@ -259,9 +259,10 @@ def CreateKey(call: Call) -> dict:
         raise InvalidParameter("Policy", "Key policies are not supported; access-key policies control access.")
     rotating = p.boolean("EnableAutomaticRotation")
     interval = parse_rotation_interval(p.required("RotationInterval")) if rotating else None
+    key_spec = p.optional("KeySpec") or "Aliyun_AES_256"
     key = call.services.keys.create_key(
-        key_spec=p.choice("KeySpec", SYMMETRIC_KEY_SPECS, default="Aliyun_AES_256"),
-        key_usage=p.choice("KeyUsage", KEY_USAGES, default="ENCRYPT/DECRYPT"),
+        key_spec=key_spec,
+        key_usage=key_usage_for(key_spec, p.optional("KeyUsage") or None),
         origin=p.choice("Origin", ORIGINS, default="Aliyun_KMS"),
         # Every key lives in the HSM; the level asked for is recorded and echoed so that declarative
         # tools (Terraform) see no drift.
@@ -586,3 +587,66 @@ def DescribeRegions(call: Call) -> dict:
 @action(on_account())
 def DescribeAccountKmsStatus(call: Call) -> dict:
     return {"AccountStatus": "Enabled"}
+
+
+# --- asymmetric keys and MACs (KeyVersionId is mandatory on every asymmetric call, reference §2.5) -------
+
+
+def used_fields(used: Used) -> dict:
+    return {"KeyId": used.key_id, "KeyVersionId": used.key_version_id}
+
+
+@action(on_key("KeyId"))
+def GetPublicKey(call: Call) -> dict:
+    used, pem = call.services.asymmetric.public_key_pem(call.key(), call.params.required("KeyVersionId"))
+    return {**used_fields(used), "PublicKey": pem}
+
+
+@action(on_key("KeyId"))
+def AsymmetricSign(call: Call) -> dict:
+    p = call.params
+    used, signature = call.services.asymmetric.sign(call.key(), p.required("KeyVersionId"), p.required("Algorithm"),
+                                                    p.required("Digest"))
+    return {**used_fields(used), "Value": signature}
+
+
+@action(on_key("KeyId"))
+def AsymmetricVerify(call: Call) -> dict:
+    p = call.params
+    used, valid = call.services.asymmetric.verify(call.key(), p.required("KeyVersionId"), p.required("Algorithm"),
+                                                  p.required("Digest"), p.required("Value"))
+    return {**used_fields(used), "Value": valid}
+
+
+@action(on_key("KeyId"))
+def AsymmetricEncrypt(call: Call) -> dict:
+    p = call.params
+    used, ciphertext = call.services.asymmetric.encrypt(call.key(), p.required("KeyVersionId"),
+                                                        p.required("Algorithm"), p.required("Plaintext"))
+    return {**used_fields(used), "CiphertextBlob": ciphertext}
+
+
+@action(on_key("KeyId"))
+def AsymmetricDecrypt(call: Call) -> dict:
+    p = call.params
+    if p.optional("Recipient"):
+        raise InvalidParameter("Recipient", "Recipients (enclave attestation) are not supported.")
+    used, plaintext = call.services.asymmetric.decrypt(call.key(), p.required("KeyVersionId"),
+                                                       p.required("Algorithm"), p.required("CiphertextBlob"))
+    return {**used_fields(used), "Plaintext": plaintext}
+
+
+@action(on_key("KeyId"))
+def GenerateMac(call: Call) -> dict:
+    p = call.params
+    key, algorithm = call.key(), p.required("Algorithm")
+    mac = call.services.asymmetric.generate_mac(key, algorithm, p.required("Message"))
+    return {"KeyId": key.key_id, "Algorithm": algorithm, "Mac": mac}
+
+
+@action(on_key("KeyId"))
+def VerifyMac(call: Call) -> dict:
+    p = call.params
+    key, algorithm = call.key(), p.required("Algorithm")
+    valid = call.services.asymmetric.verify_mac(key, algorithm, p.required("Message"), p.required("Mac"))
+    return {"KeyId": key.key_id, "Algorithm": algorithm, "Value": valid}

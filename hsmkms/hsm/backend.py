@@ -29,6 +29,11 @@ class HsmConfigurationError(HsmError):
     configured wrongly.  Not a fault of the device: the session stays open."""
 
 
+class HsmUnsupported(HsmConfigurationError):
+    """The token cannot make or use a key of this kind (a curve, a size, a mechanism it lacks): the caller
+    asked for something this HSM does not offer, which is answered as a client error, not a fault."""
+
+
 class HsmAuthFailed(HsmError):
     """The PIN was refused (wrong, locked or expired)."""
 
@@ -131,3 +136,27 @@ class HsmBackend(Protocol):
         """Every wrapping private key of this deployment in the token: object id -> label."""
 
     def wrapping_key_info(self, object_id: str) -> KeyObjectInfo: ...
+
+    # --- asymmetric and HMAC keys (names of key specs and algorithms as the Alibaba API spells them) ---------
+
+    def create_key_pair(self, object_id: str, label: str, key_spec: str, usage: str) -> None:
+        """Generate a key pair in the token: a sensitive, non-extractable private key usable only for ``usage``
+        (``SIGN/VERIFY`` or ``ENCRYPT/DECRYPT``) and its public key, both token objects with this id and label.
+        ``key_spec``: RSA_2048, RSA_3072, EC_P256 or EC_P256K.  HsmUnsupported when the token cannot."""
+
+    def create_hmac_key(self, object_id: str, label: str, algorithm: str) -> None:
+        """Generate a sensitive, non-extractable generic secret for ``algorithm`` (HMAC_SHA_256 ...), as long as
+        the hash's output, usable only to compute that MAC.  HsmUnsupported when the token cannot."""
+
+    def public_key(self, object_id: str) -> bytes:
+        """The key pair's public key, DER SubjectPublicKeyInfo, read from the token's public attributes."""
+
+    def sign_digest(self, object_id: str, algorithm: str, digest: bytes) -> bytes:
+        """Sign a SHA-256 digest in the token: RSA_PSS_SHA_256, RSA_PKCS1_SHA_256 or ECDSA_SHA_256 (DER)."""
+
+    def rsa_oaep_decrypt(self, object_id: str, hash_name: str, ciphertext: bytes) -> bytes:
+        """RSAES-OAEP decryption (``hash_name`` SHA1 or SHA256, MGF1 with the same hash, empty label) with the
+        private key in the token; DecryptionFailed for a ciphertext that does not decrypt."""
+
+    def hmac(self, object_id: str, algorithm: str, message: bytes) -> bytes:
+        """The HMAC of ``message`` computed in the token with the key's one algorithm."""

@@ -18,6 +18,7 @@ from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
 from hsmkms.service import blob
 from hsmkms.service.context import canonical_aad
 from hsmkms.service import states
+from hsmkms.service.asymmetric import is_symmetric, require_symmetric
 from hsmkms.service.export import WrappingKey
 from hsmkms.service.keys import KeyService
 from hsmkms.service.passwords import PasswordRules, random_password
@@ -75,6 +76,7 @@ class CryptoService:
     def generate_data_key(self, key: KeyRecord, number_of_bytes: int, context: Mapping[str, str],
                           action: str = "GenerateDataKey") -> DataKey:
         states.check(action, key.state)
+        require_symmetric(key)
         # One RNG round trip serves both the data key and the IV.
         random = self.hsm.random(number_of_bytes + self._iv_len)
         data_key, iv = random[:number_of_bytes], random[number_of_bytes:]
@@ -84,6 +86,7 @@ class CryptoService:
 
     def encrypt(self, key: KeyRecord, plaintext: str, context: Mapping[str, str]) -> Sealed:
         states.check("Encrypt", key.state)
+        require_symmetric(key)
         iv = self.hsm.random(self._iv_len) if self._iv_len else b""
         return self._seal(key.key_id, key.primary_version_id, iv, plaintext, context)
 
@@ -91,7 +94,10 @@ class CryptoService:
         """Decode a blob and find the key version and key it names (InvalidCiphertext, Forbidden.KeyNotFound)."""
         parsed = blob.decode(ciphertext_blob)
         version = self.keys.version(parsed.key_version_id)
-        return Located(parsed, version, self.keys.resolve(version.key_id))
+        key = self.keys.resolve(version.key_id)
+        if not is_symmetric(key):  # a made-up blob naming a key pair's or HMAC key's version
+            raise InvalidCiphertext()
+        return Located(parsed, version, key)
 
     def decrypt(self, located: Located, context: Mapping[str, str], action: str = "Decrypt") -> Opened:
         states.check(action, located.key.state)
@@ -112,6 +118,7 @@ class CryptoService:
         """Open under the source key and context, seal under the destination's: the plaintext is never returned
         and exists here only between the two HSM calls."""
         states.check("ReEncrypt", destination.state)
+        require_symmetric(destination)
         opened = self.decrypt(located, source_context, action="ReEncrypt")
         iv = self.hsm.random(self._iv_len) if self._iv_len else b""
         return self._seal(destination.key_id, destination.primary_version_id, iv, opened.plaintext,

@@ -26,7 +26,7 @@ from hsmkms.errors import (
     StateModifiedFailed,
     UnsupportedOperation,
 )
-from hsmkms.hsm.backend import HsmBackend
+from hsmkms.hsm.backend import HsmBackend, HsmUnsupported
 from hsmkms.service import states
 from hsmkms.service.states import KeyState
 from hsmkms.service.watch import Cache, StoreWatch
@@ -127,14 +127,18 @@ class KeyService:
     def create_key(self, *, key_spec: str, key_usage: str, origin: str, protection_level: str,
                    description: str, rotation_interval: int | None = None,
                    tags: Iterable[tuple[str, str]] = ()) -> KeyRecord:
+        if rotation_interval is not None and key_spec != "Aliyun_AES_256":
+            raise InvalidParameter("EnableAutomaticRotation", "Automatic rotation is only for symmetric keys.")
         key_id = str(uuid.uuid4())
         external = origin == EXTERNAL_ORIGIN
+        if external and key_spec != "Aliyun_AES_256":
+            raise InvalidParameter("Origin", "Only Aliyun_AES_256 keys take imported material here.")
         if external and rotation_interval is not None:
             raise InvalidParameter("EnableAutomaticRotation", "Keys with imported material (Origin=EXTERNAL) "
                                                               "are not rotated.")
         # An EXTERNAL key gets its one version id now and its HSM object when material is imported
         # (service/imports.py).
-        version_id = str(uuid.uuid4()) if external else self._create_object(key_id)
+        version_id = str(uuid.uuid4()) if external else self._create_object(key_id, key_spec, key_usage)
         now = self.now()
         record = KeyRecord(
             key_id=key_id,
@@ -160,16 +164,28 @@ class KeyService:
         log.info("created key %s (version %s)", key_id, version_id)
         return record
 
-    def _create_object(self, key_id: str) -> str:
+    def _create_object(self, key_id: str, key_spec: str = "Aliyun_AES_256", key_usage: str = "ENCRYPT/DECRYPT") -> str:
         """Journal, then generate, a new version object in the HSM; returns its (version) id."""
         version_id = str(uuid.uuid4())
         self.store.begin_object(PendingObject(version_id, key_id, "create", self.now()))
         try:
-            self.hsm.create_aes_key(version_id, hsm_label(key_id, version_id))
+            self._generate_object(version_id, hsm_label(key_id, version_id), key_spec, key_usage)
+        except HsmUnsupported:  # what the token answered is in the server log
+            self._abandon_object(version_id)
+            raise InvalidParameter("KeySpec", f"This HSM does not support {key_spec} keys.") from None
         except BaseException:
             self._abandon_object(version_id)
             raise
         return version_id
+
+    def _generate_object(self, version_id: str, label: str, key_spec: str, key_usage: str) -> None:
+        """The HSM object of one key version: an AES-256 key, a key pair, or an HMAC key."""
+        if key_spec == "Aliyun_AES_256":
+            self.hsm.create_aes_key(version_id, label)
+        elif key_usage == "GENERATE/VERIFY_MAC":
+            self.hsm.create_hmac_key(version_id, label, key_spec)
+        else:
+            self.hsm.create_key_pair(version_id, label, key_spec, key_usage)
 
     def _abandon_object(self, version_id: str) -> None:
         """Undo a version object that will not be recorded; what fails here is left to recovery."""
@@ -321,6 +337,8 @@ class KeyService:
         if enabled and interval is None:
             raise MissingParameter("RotationInterval")
         states.check("UpdateRotationPolicy", key.state)
+        if enabled and key.key_spec != "Aliyun_AES_256":
+            raise UnsupportedOperation("Automatic rotation is only for symmetric keys.")
         self._refuse_external(key)
         return self._change(key, "UpdateRotationPolicy", {"rotation_interval": interval if enabled else None})
 
@@ -336,6 +354,9 @@ class KeyService:
     def create_version(self, key: KeyRecord, attempts: int = 3) -> VersionRecord:
         states.check("CreateKeyVersion", key.state)
         self._refuse_external(key)
+        if key.key_usage == "GENERATE/VERIFY_MAC":
+            # VerifyMac uses the primary version: a new one would fail every MAC made before it.
+            raise UnsupportedOperation("HMAC keys have one version.")
         for _ in range(attempts):
             version = self.rotate(key)
             if version is not None:
@@ -350,7 +371,7 @@ class KeyService:
 
     def rotate(self, key: KeyRecord) -> VersionRecord | None:
         """A new primary version for ``key``; None when the key changed since it was read (nothing made)."""
-        version_id = self._create_object(key.key_id)
+        version_id = self._create_object(key.key_id, key.key_spec, key.key_usage)
         version = VersionRecord(version_id, key.key_id, self.now())
         try:
             added = self.store.add_version(version, expected_last_rotation=key.last_rotation_at)

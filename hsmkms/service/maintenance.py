@@ -129,13 +129,15 @@ class Maintenance:
         self.store.finish_object(object_id)
 
     def _unrestricted(self, object_ids: list[str]) -> list[str] | None:
-        """The objects whose CKA_ALLOWED_MECHANISMS is not exactly {CKM_AES_GCM}; None when the token lacks it."""
+        """The objects usable with any mechanism (no CKA_ALLOWED_MECHANISMS); None when the token lacks it.  hsmkms
+        restricts each object it makes to what its kind needs (AES-GCM for master keys; signing or decryption
+        mechanisms for key pairs; one HMAC for MAC keys)."""
         unrestricted = []
         for object_id in sorted(object_ids):
             allowed = self.hsm.allowed_mechanisms(object_id)
             if allowed is None:
                 return None
-            if allowed != ("AES_GCM",):
+            if not allowed:
                 unrestricted.append(object_id)
         return unrestricted
 

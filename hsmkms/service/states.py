@@ -57,6 +57,13 @@ RULES: dict[str, Rule] = {
          "GenerateAndExportDataKey", "ExportDataKey", "CreateKeyVersion", "UpdateRotationPolicy"],
         _enabled_only,
     ),
+    # Not in the reference's table (§2.8): the Encrypt/Decrypt row applies to every other cryptographic
+    # operation, GetPublicKey included (as AWS KMS does: a disabled key's public key is not handed out).
+    **dict.fromkeys(
+        ["AsymmetricSign", "AsymmetricVerify", "AsymmetricEncrypt", "AsymmetricDecrypt", "GetPublicKey",
+         "GenerateMac", "VerifyMac"],
+        _enabled_only,
+    ),
     **dict.fromkeys(
         ["UpdateKeyDescription", "TagResource", "UntagResource", "TagResources", "UntagResources",
          "UpdateAlias", "SetDeletionProtection"],

@@ -272,3 +272,40 @@ def test_tls_for_the_legacy_sdk_that_only_speaks_https(tmp_path, monkeypatch):
         assert ssl.get_server_certificate(("127.0.0.1", tls.port), ca_certs=str(tls.ca))
     finally:
         assert tls.stop() == 0, tls.log()
+
+
+def test_policies_and_the_audit_trail_know_the_asymmetric_actions(live):
+    """A Deny on kms:AsymmetricSign refuses signing but not verifying; the audit names the actions with the key
+    and version, and no decrypted plaintext reaches a file."""
+    owner = make_sdk("tea-v3", live)
+    meta = owner.call("CreateKey", KeySpec="RSA_2048", KeyUsage="SIGN/VERIFY")["KeyMetadata"]
+    key = {"KeyId": meta["KeyId"], "KeyVersionId": meta["PrimaryKeyVersion"]}
+    deny_sign = {"Version": "1", "Statement": [
+        {"Effect": "Allow", "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "kms:AsymmetricSign", "Resource": f"acs:kms:*:*:key/{key['KeyId']}"}]}
+    access_key_id, secret = new_access_key(live, deny_sign)
+    client = make_sdk("tea-v3", live, access_key_id=access_key_id, secret=secret)
+    digest = base64.b64encode(bytes(32)).decode()
+    err = refused(client, "AsymmetricSign", **key, Algorithm="RSA_PSS_SHA_256", Digest=digest)
+    assert (err.status, err.code) == (403, "Forbidden.NoPermission")
+    signature = owner.call("AsymmetricSign", **key, Algorithm="RSA_PSS_SHA_256", Digest=digest)["Value"]
+    verified = client.call("AsymmetricVerify", **key, Algorithm="RSA_PSS_SHA_256", Digest=digest, Value=signature)
+    assert verified["Value"] is True
+    encrypting = owner.call("CreateKey", KeySpec="RSA_2048")["KeyMetadata"]
+    enc_key = {"KeyId": encrypting["KeyId"], "KeyVersionId": encrypting["PrimaryKeyVersion"]}
+    plaintext = base64.b64encode(f"secret {uuid.uuid4()}".encode()).decode()
+    sealed = client.call("AsymmetricEncrypt", **enc_key, Algorithm="RSAES_OAEP_SHA_256", Plaintext=plaintext)
+    opened = client.call("AsymmetricDecrypt", **enc_key, Algorithm="RSAES_OAEP_SHA_256",
+                         CiphertextBlob=sealed["CiphertextBlob"])
+    assert opened["Plaintext"] == plaintext
+    live.stop()  # flushes the audit trail
+    live.start()
+    audit = [json.loads(line) for line in (live.data_dir / "audit.log").read_text().splitlines()]
+    mine = {(line["action"], line["outcome"], line["key_id"], line["key_version_id"]) for line in audit
+            if line["access_key_id"] == access_key_id}
+    assert ("AsymmetricSign", "Forbidden.NoPermission", key["KeyId"]) in {entry[:3] for entry in mine}, mine
+    assert ("AsymmetricVerify", "Success", key["KeyId"], key["KeyVersionId"]) in mine
+    assert ("AsymmetricDecrypt", "Success", enc_key["KeyId"], enc_key["KeyVersionId"]) in mine
+    for path in [p for p in live.data_dir.rglob("*") if p.is_file()] + [live.log_path]:
+        content = path.read_bytes()
+        assert plaintext.encode() not in content and base64.b64decode(plaintext) not in content, path.name

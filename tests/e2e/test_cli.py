@@ -90,3 +90,18 @@ def test_unreadable_config_is_a_clear_error(tmp_path):
     bad.write_text("[server\nlisten=")
     result = run_cli("serve", "--config", str(bad), check=False)
     assert result.returncode != 0 and "not valid TOML" in result.stderr
+
+
+def test_asymmetric_and_hmac_keys_from_the_cli(provisioned):
+    config = str(provisioned.config)
+    signer = run_cli("key", "create", "--config", config, "--spec", "EC_P256").stdout.strip()
+    assert UUID.fullmatch(signer)
+    pem = run_cli("key", "public-key", signer, "--config", config).stdout
+    assert pem.startswith("-----BEGIN PUBLIC KEY-----\n") and pem.endswith("-----END PUBLIC KEY-----\n")
+    mac_key = run_cli("key", "create", "--config", config, "--spec", "HMAC_SHA_256", "--usage",
+                      "GENERATE/VERIFY_MAC").stdout.strip()
+    described = json.loads(run_cli("key", "describe", mac_key, "--config", config).stdout)
+    assert (described["KeySpec"], described["KeyUsage"]) == ("HMAC_SHA_256", "GENERATE/VERIFY_MAC")
+    refused = run_cli("key", "create", "--config", config, "--spec", "EC_P256", "--usage", "ENCRYPT/DECRYPT",
+                      check=False)
+    assert refused.returncode != 0 and "InvalidParameter" in refused.stderr and "Traceback" not in refused.stderr

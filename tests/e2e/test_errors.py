@@ -171,7 +171,8 @@ BAD_PARAMETERS = [
     ("Decrypt", {"CiphertextBlob": "!!!not base64!!!"}, "InvalidParameter"),
     ("Decrypt", {"CiphertextBlob": "YWJj"}, "InvalidParameter"),
     ("Decrypt", {}, "MissingParameter"),
-    ("CreateKey", {"KeySpec": "RSA_2048"}, "InvalidParameter"),
+    ("CreateKey", {"KeySpec": "RSA_4096"}, "InvalidParameter"),
+    ("CreateKey", {"KeySpec": "EC_SM2"}, "InvalidParameter"),
     ("CreateKey", {"KeySpec": "aliyun_aes_256"}, "InvalidParameter"),
     ("CreateKey", {"ProtectionLevel": "hsm"}, "InvalidParameter"),
     ("CreateKey", {"KeyUsage": "SIGN/VERIFY"}, "InvalidParameter"),
@@ -218,7 +219,7 @@ def test_bad_parameter_values_tea(tea, new_key):
         ("GenerateDataKey", {"KeyId": new_key, "KeySpec": "SM4"}),
         ("GenerateDataKey", {"KeyId": new_key, "EncryptionContext": {"k": "v" * 9000}}),
         ("Encrypt", {"KeyId": new_key, "Plaintext": "y" * 7000}),
-        ("CreateKey", {"KeySpec": "EC_P256"}),
+        ("CreateKey", {"KeySpec": "EC_SM2"}),
     ]:
         err = refused(tea, action, **params)
         assert (err.status, err.code) == (400, "InvalidParameter")

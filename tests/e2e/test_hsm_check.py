@@ -19,7 +19,11 @@ from tests.conftest import TOKENS
 from tests.e2e.server import clean_env, provision_server
 
 CRASH_CHILD = Path(__file__).with_name("crash_child.py")
-CHECKS = ["token found", "CKM_AES_KEY_GEN", "CKM_AES_GCM", "test key: AES-256 token object", "CKA_SENSITIVE true",
+OPTIONAL = ["CKM_RSA_PKCS_KEY_PAIR_GEN", "CKM_RSA_PKCS", "CKM_RSA_PKCS_PSS", "CKM_RSA_PKCS_OAEP", "CKM_RSA_X_509",
+            "CKM_EC_KEY_PAIR_GEN", "CKM_ECDSA", "CKM_GENERIC_SECRET_KEY_GEN", "CKM_SHA224_HMAC", "CKM_SHA256_HMAC",
+            "CKM_SHA384_HMAC", "CKM_SHA512_HMAC"]  # asymmetric and HMAC keys: notes, not requirements
+CHECKS = ["token found", "CKM_AES_KEY_GEN", "CKM_AES_GCM", *OPTIONAL, "test key: AES-256 token object",
+          "CKA_SENSITIVE true",
           "CKA_EXTRACTABLE false", "CKA_MODIFIABLE false", "CKA_ALLOWED_MECHANISMS", "CKA_VALUE unreadable",
           "C_WrapKey refused", "AES-GCM with AAD", "wrong AAD refused", "C_GenerateRandom",
           "C_UnwrapKey (RSA, key import)", "object lookup by CKA_ID",
@@ -41,6 +45,9 @@ def test_hsm_check_passes_on_the_test_tokens(token, tmp_path):
     assert report["ok"] is True, checked.stdout
     assert [finding["name"] for finding in report["findings"]] == CHECKS
     assert all(f["ok"] or not f["required"] for f in report["findings"])
+    # Both test tokens offer every mechanism of asymmetric and HMAC keys.
+    assert [(f["name"], f["ok"], f["required"]) for f in report["findings"] if f["name"] in OPTIONAL] == [
+        (name, True, False) for name in OPTIONAL]
     assert report["profile"] == token and report["module"].endswith(".so")
     for figure in ("encrypt p50 (us)", "decrypt p99 (us)", "round trips a second, two processes"):
         assert report["figures"][figure] > 0
@@ -75,8 +82,20 @@ def test_hsm_check_fails_clearly_on_a_token_without_gcm(hsm_settings, hsm, monke
     assert "FAILED" in result.output and "the token CANNOT serve hsmkms" in result.output
     as_json = CliRunner().invoke(main, ["hsm", "check", "--json", "--config", str(config_for(hsm_settings, tmp_path))])
     assert as_json.exit_code == 1
-    failed = [f["name"] for f in json.loads(as_json.output)["findings"] if not f["ok"]]
+    failed = [f["name"] for f in json.loads(as_json.output)["findings"] if not f["ok"] and f["required"]]
     assert failed == ["CKM_AES_GCM"]
+
+
+def test_hsm_check_notes_a_mechanism_of_asymmetric_keys_the_token_lacks(base_settings, base_hsm, monkeypatch,
+                                                                          tmp_path):
+    hsm_double.install(monkeypatch, base_settings, hsm_double.TokenWithoutEcdsa)
+    result = CliRunner().invoke(main, ["hsm", "check", "--json", "--rounds", "5",
+                                       "--config", str(config_for(base_settings, tmp_path))])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert [(f["name"], f["required"]) for f in report["findings"] if not f["ok"]] == [("CKM_ECDSA", False)]
+    assert "not offered: no AsymmetricSign ECDSA_SHA_256" in json.dumps(report)
 
 
 def test_hsm_check_shows_a_profile_that_does_not_fit_the_token(base_settings, base_hsm):

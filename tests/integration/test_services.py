@@ -11,7 +11,7 @@ from pkcs11 import KeyType
 
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
-from hsmkms.hsm.backend import DecryptionFailed
+from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
 from hsmkms.policy import PolicyError
 from hsmkms.hsm.pkcs11 import master_key_template
 from hsmkms.service import watch as watch_module
@@ -197,9 +197,34 @@ def test_doctor_notes_key_objects_usable_with_any_mechanism(runtime, hsm, hsm_se
                                        hsm.namespace.cka_label(hsm_label(legacy.key_id, version_id)),
                                        restrict_mechanisms=False)
         session.generate_key(KeyType.AES, 256, store=True, template=template)
+    pair = runtime.services.keys.create_key(**{**CREATE, "key_spec": "EC_P256", "key_usage": "SIGN/VERIFY"})
     report = runtime.services.maintenance.doctor()
     assert version_id in report.unrestricted_objects
     assert restricted.primary_version_id not in report.unrestricted_objects
+    assert pair.primary_version_id not in report.unrestricted_objects  # restricted to CKM_ECDSA
     assert SERVICE_KEY_ID not in report.unrestricted_objects
     assert any(version_id in line and "CKA_ALLOWED_MECHANISMS" in line for line in report.lines())
     assert version_id not in report.missing_objects
+
+
+def test_key_pairs_and_hmac_keys_are_tracked_like_master_keys(runtime, hsm):
+    """Doctor sees their versions' objects, and a purge destroys every version (both halves of each pair)."""
+    keys = runtime.services.keys
+    pair = keys.create_key(**{**CREATE, "key_spec": "RSA_2048", "key_usage": "SIGN/VERIFY"})
+    second = keys.create_version(pair).version_id
+    mac = keys.create_key(**{**CREATE, "key_spec": "HMAC_SHA_256", "key_usage": "GENERATE/VERIFY_MAC"})
+    objects = [pair.primary_version_id, second, mac.primary_version_id]
+    assert set(objects) <= set(hsm.list_key_ids())
+    report = runtime.services.maintenance.doctor()
+    assert not set(objects) & set(report.missing_objects + report.orphan_objects)
+    for key in (keys.resolve(pair.key_id), mac):
+        keys.schedule_deletion(key, 7)
+    runtime.store.update_key(pair.key_id, {"delete_at": 0}, expected_state="PendingDeletion")
+    runtime.store.update_key(mac.key_id, {"delete_at": 0}, expected_state="PendingDeletion")
+    keys.watch.invalidate()
+    assert set(runtime.services.maintenance.purge_due()) == {pair.key_id, mac.key_id}
+    assert not set(objects) & set(hsm.list_key_ids())
+    with pytest.raises(HsmKeyMissing):
+        hsm.public_key(second)
+    after = runtime.services.maintenance.doctor()  # other tests' objects share the session's token: look at ours
+    assert not set(objects) & set(after.missing_objects + after.orphan_objects + after.dead_objects)

@@ -59,7 +59,7 @@ def one_statement(action: str = "kms:Decrypt", resource: str = "*") -> str:
 ACCEPTED_RESOURCES = ["acs:kms:*", "acs:kms:*:*:key/*", "acs:kms:*:*:alias/app*"]
 REFUSED_RESOURCES = ["acs:kms:*:*:kye/*", "acs:kms:cn-hangzhou:key/*", "...:key/0B4BD9BC-...", "...:alias/app.prod",
                      "acs:ecs:*"]
-ACCEPTED_ACTIONS = ["kms:GetSecretValue", "kms:AsymmetricSign", "kms:ReEncrypt", "kms:ReEncrypt*", "kms:*crypt"]
+ACCEPTED_ACTIONS = ["kms:GetSecretValue", "kms:CreateCertificate", "kms:ReEncrypt", "kms:ReEncrypt*", "kms:*crypt"]
 REFUSED_ACTIONS = ["kms:Decrpyt", "kms:NoSuchAction"]
 
 

@@ -39,7 +39,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
-from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, PrivateKey, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
 
@@ -51,11 +51,13 @@ from hsmkms.hsm.backend import (
     HsmError,
     HsmKeyMissing,
     HsmUnavailable,
+    HsmUnsupported,
     KeyObjectInfo,
     UnwrapFailed,
 )
+from hsmkms.hsm.oaep import OaepDecodingError, oaep_decode
 from hsmkms.hsm.namespace import Namespace
-from hsmkms.hsm.pkcs11 import native
+from hsmkms.hsm.pkcs11 import keypairs, native
 from hsmkms.hsm.profiles import TokenProfile, profile_for
 
 log = logging.getLogger(__name__)
@@ -503,9 +505,12 @@ class Pkcs11Backend:
     # --- key objects -------------------------------------------------------------------------------------
 
     def _enumerate_keys(self, session) -> None:
-        """List the token's secret keys: this deployment's into the handle cache, other deployments' aside."""
+        """List the token's secret and private keys (a key pair is known by its private key): this deployment's
+        into the handle cache, other deployments' aside."""
         keys, labels, foreign = {}, {}, []
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}):
+        objects = [*session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}),
+                   *session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})]
+        for obj in objects:
             try:
                 label, cka_id = obj[Attribute.LABEL], bytes(obj[Attribute.ID])
             except _STALE_HANDLE_ERRORS:
@@ -524,12 +529,17 @@ class Pkcs11Backend:
             # (C_FindObjectsFinal at once): python-pkcs11's get_key leaves it open when nothing is found, and a
             # strict token then answers the session's next search with OperationActive.
             with self._token_lock(exclusive=False):
-                found = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                                  Attribute.ID: self.namespace.cka_id(object_id)}))
+                found = self._objects_with_id(session, object_id, (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY))
             if not found:
                 raise HsmKeyMissing(object_id)
             key = self._keys[object_id] = found[0]
         return key
+
+    def _objects_with_id(self, session, object_id: str, classes) -> list:
+        """The objects of these classes with this id (each search read to its end)."""
+        cka_id = self.namespace.cka_id(object_id)
+        return [obj for object_class in classes
+                for obj in session.get_objects({Attribute.CLASS: object_class, Attribute.ID: cka_id})]
 
     def _with_key(self, object_id: str, operation: Callable[[object], T], missing_key_is_fault: bool = True,
                   exclusive: bool = False) -> T:
@@ -568,6 +578,9 @@ class Pkcs11Backend:
 
     def destroy_key(self, object_id: str) -> None:
         def destroy(key) -> None:
+            if isinstance(key, PrivateKey):  # a key pair: its public key goes with it
+                for public in self._objects_with_id(self._session, object_id, (ObjectClass.PUBLIC_KEY,)):
+                    public.destroy()
             key.destroy()
             self._keys.pop(object_id, None)
             self._labels.pop(object_id, None)
@@ -605,11 +618,16 @@ class Pkcs11Backend:
         def read(attribute):
             try:
                 return key[attribute]
-            except p11.AttributeTypeInvalid:  # not an attribute of this class (a private key cannot encrypt)
+            except (p11.AttributeTypeInvalid, p11.AttributeSensitive):  # not of this class (a private key cannot encrypt)
                 return False
 
         a = Attribute
-        secret = key.object_class == ObjectClass.SECRET_KEY
+        if key.object_class == ObjectClass.SECRET_KEY:
+            key_bits = key[a.VALUE_LEN] * 8
+        elif isinstance(key, PrivateKey) and key.key_type != KeyType.RSA:
+            key_bits = 256  # both curves hsmkms makes (P-256, secp256k1) are 256-bit
+        else:
+            key_bits = len(key[a.MODULUS]) * 8
         return KeyObjectInfo(
             object_id=object_id,
             label=key[a.LABEL],  # as on the token
@@ -627,7 +645,7 @@ class Pkcs11Backend:
             sign=read(a.SIGN),
             verify=read(a.VERIFY),
             derive=read(a.DERIVE),
-            key_bits=(key[a.VALUE_LEN] if secret else len(key[a.MODULUS])) * 8,
+            key_bits=key_bits,
             allowed_mechanisms=self._allowed_mechanisms(key),
         )
 
@@ -699,6 +717,108 @@ class Pkcs11Backend:
                 raise DecryptionFailed() from exc
 
         return self._with_key(object_id, decrypt)
+
+    # --- asymmetric and HMAC keys ------------------------------------------------------------------------
+
+    def _generate(self, object_id: str, label: str, what: str, make: Callable[[object, bool], object]) -> None:
+        """Run ``make(session, restrict)`` to generate a key object (restrict: with CKA_ALLOWED_MECHANISMS), as
+        create_aes_key does; a token that cannot make such a key raises HsmUnsupported (a client error)."""
+
+        def generate(session):
+            try:
+                try:
+                    key = make(session, self._restrict_mechanisms)
+                except _ATTRIBUTE_REFUSED_ERRORS:
+                    if not self._restrict_mechanisms:
+                        raise
+                    log.warning("the token does not take CKA_ALLOWED_MECHANISMS: keys are made without it")
+                    self._restrict_mechanisms = False
+                    key = make(session, False)
+            except CONFIGURATION_ERRORS as exc:
+                log.info("the token %r cannot make %s (%s)", self._token_label, what, type(exc).__name__)
+                raise HsmUnsupported(f"this HSM cannot make {what} ({type(exc).__name__})") from None
+            self._keys[object_id], self._labels[object_id] = key, label
+
+        self._call(generate, exclusive=True)
+
+    def create_key_pair(self, object_id: str, label: str, key_spec: str, usage: str) -> None:
+        cka_id, cka_label = self.namespace.cka_id(object_id), self.namespace.cka_label(label)
+        spec = keypairs.PAIR_SPECS[key_spec]
+        allowed = keypairs.allowed_mechanisms(key_spec, usage, self.profile.oaep_unpad_on_host)
+
+        def make(session, restrict: bool):
+            public, private = keypairs.pair_templates(cka_id, cka_label, key_spec, usage, allowed if restrict else None)
+            mechanism = Mechanism.RSA_PKCS_KEY_PAIR_GEN if spec.key_type == KeyType.RSA else Mechanism.EC_KEY_PAIR_GEN
+            _, private_key = session.generate_keypair(spec.key_type, spec.bits or None, store=True,
+                                                      mechanism=mechanism, public_template=public,
+                                                      private_template=private)
+            return private_key
+
+        self._generate(object_id, label, f"{key_spec} keys", make)
+
+    def create_hmac_key(self, object_id: str, label: str, algorithm: str) -> None:
+        cka_id, cka_label = self.namespace.cka_id(object_id), self.namespace.cka_label(label)
+        _, length = keypairs.HMAC_MECHANISMS[algorithm]
+
+        def make(session, restrict: bool):
+            return session.generate_key(KeyType.GENERIC_SECRET, length * 8, store=True,
+                                        mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+                                        template=keypairs.hmac_template(cka_id, cka_label, algorithm, restrict))
+
+        self._generate(object_id, label, f"{algorithm} keys", make)
+
+    def public_key(self, object_id: str) -> bytes:
+        def read(session):
+            with self._token_lock(exclusive=False):
+                found = self._objects_with_id(session, object_id, (ObjectClass.PUBLIC_KEY,))
+            if not found:
+                raise HsmKeyMissing(object_id)
+            return keypairs.public_key_der(found[0])
+
+        return self._call(read)
+
+    def sign_digest(self, object_id: str, algorithm: str, digest: bytes) -> bytes:
+        mechanism, param, prefix = keypairs.SIGNING[algorithm]
+        signature = self._with_key(
+            object_id, lambda key: _able(key, "sign")(prefix + digest, mechanism=mechanism, mechanism_param=param))
+        return keypairs.ecdsa_der(signature) if mechanism == Mechanism.ECDSA else signature
+
+    def rsa_oaep_decrypt(self, object_id: str, hash_name: str, ciphertext: bytes) -> bytes:
+        """With the ``oaep_unpad_on_host`` profile: the raw RSA operation in the token, then the OAEP decoding
+        on the host in constant time (hsmkms/hsm/oaep.py).  Either way, one DecryptionFailed for every
+        ciphertext that does not decrypt."""
+
+        def decrypt(key):
+            modulus = bytes(key[Attribute.MODULUS])
+            modulus_bytes = len(modulus)
+            # Public checks first: a ciphertext must be a number below the modulus (NSS answers one that is
+            # not with CKR_ARGUMENTS_BAD, which otherwise means a parameter the token does not take).
+            if len(ciphertext) != modulus_bytes or int.from_bytes(ciphertext, "big") >= int.from_bytes(modulus, "big"):
+                raise DecryptionFailed()
+            try:
+                if self.profile.oaep_unpad_on_host:
+                    block = _able(key, "decrypt")(ciphertext, mechanism=Mechanism.RSA_X_509)
+                    return oaep_decode(block, modulus_bytes, hash_name)
+                return _able(key, "decrypt")(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                   mechanism_param=keypairs.OAEP_PARAMS[hash_name])
+            except (OaepDecodingError, p11.EncryptedDataInvalid, p11.EncryptedDataLenRange, p11.DataInvalid,
+                    p11.DataLenRange):
+                raise DecryptionFailed() from None
+
+        return self._with_key(object_id, decrypt)
+
+    def hmac(self, object_id: str, algorithm: str, message: bytes) -> bytes:
+        mechanism, _ = keypairs.HMAC_MECHANISMS[algorithm]
+        return self._with_key(object_id, lambda key: _able(key, "sign")(message, mechanism=mechanism))
+
+
+def _able(key, operation: str):
+    """The key's method for ``operation``; python-pkcs11 gives a key only the methods its CKA_SIGN, CKA_DECRYPT
+    ... allow, so a key made for another usage has none: a configuration error, as the token would say."""
+    method = getattr(key, operation, None)
+    if method is None:
+        raise HsmConfigurationError(f"the key object cannot {operation} (its usage is another)")
+    return method
 
 
     # --- key-material import (BYOK) ----------------------------------------------------------------------

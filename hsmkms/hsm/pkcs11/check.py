@@ -119,9 +119,38 @@ def _mechanisms(backend: Pkcs11Backend, report: CheckReport) -> bool:
             else:
                 info = module.mechanism_info(token.slot.slot_id, requirement.mechanism)
                 report.add(name, True, f"keys {info.min_key_size}-{info.max_key_size}, {requirement.purpose}")
+        _optional_mechanisms(module, token.slot.slot_id, report)
         return all_met
     finally:
         module.release(marker)
+
+
+# Mechanisms for asymmetric and HMAC keys: a token without them still serves symmetric keys; CreateKey then
+# refuses those key specs with InvalidParameter.
+OPTIONAL_MECHANISMS = (
+    (Mechanism.RSA_PKCS_KEY_PAIR_GEN, "RSA_2048 and RSA_3072 keys"),
+    (Mechanism.RSA_PKCS, "AsymmetricSign RSA_PKCS1_SHA_256"),
+    (Mechanism.RSA_PKCS_PSS, "AsymmetricSign RSA_PSS_SHA_256"),
+    (Mechanism.RSA_PKCS_OAEP, "AsymmetricDecrypt RSAES_OAEP_SHA_1/SHA_256 (the hashes it takes show at first use)"),
+    (Mechanism.RSA_X_509, "AsymmetricDecrypt with OAEP decoded on the host (profile softhsm)"),
+    (Mechanism.EC_KEY_PAIR_GEN, "EC_P256 and EC_P256K keys (the curves it takes show at CreateKey)"),
+    (Mechanism.ECDSA, "AsymmetricSign ECDSA_SHA_256"),
+    (Mechanism.GENERIC_SECRET_KEY_GEN, "HMAC keys"),
+    (Mechanism.SHA224_HMAC, "GenerateMac/VerifyMac HMAC_SHA_224"),
+    (Mechanism.SHA256_HMAC, "GenerateMac/VerifyMac HMAC_SHA_256"),
+    (Mechanism.SHA384_HMAC, "GenerateMac/VerifyMac HMAC_SHA_384"),
+    (Mechanism.SHA512_HMAC, "GenerateMac/VerifyMac HMAC_SHA_512"),
+)
+
+
+def _optional_mechanisms(module, slot_id: int, report: CheckReport) -> None:
+    """Which mechanisms of asymmetric and HMAC keys the token offers: a note, never a failure, when absent."""
+    for mechanism, purpose in OPTIONAL_MECHANISMS:
+        try:
+            module.mechanism_info(slot_id, mechanism)
+            report.add(f"CKM_{mechanism.name}", True, f"offered: {purpose}", required=False)
+        except p11.PKCS11Error:
+            report.add(f"CKM_{mechanism.name}", False, f"not offered: no {purpose}", required=False)
 
 
 def _exercise(backend: Pkcs11Backend, report: CheckReport, rounds: int) -> None:
