@@ -20,8 +20,7 @@ import pytest
 from hsmkms.app import Runtime, build_runtime
 from hsmkms.hsm.pkcs11 import Pkcs11Backend, attribute_mapper, native
 from hsmkms.settings import Settings
-from tests import services
-from tests import tokens
+from tests import services, tokens
 from tests.tokens import token_names, token_settings
 
 TOKENS = token_names()

@@ -30,8 +30,8 @@ from hsmkms.service.crypto import CryptoService, Located, Sealed
 from hsmkms.service.export import WrappingKey, wrapping_key
 from hsmkms.service.imports import ImportService
 from hsmkms.service.keys import Identity, KeyService, parse_rotation_interval
-from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.maintenance import Maintenance
+from hsmkms.service.passwords import CHARACTER_TYPES, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH, PasswordRules
 from hsmkms.service.states import KeyState
 from hsmkms.service.tags import (
     TAG_KEYS_HINT,

@@ -25,7 +25,6 @@ from hsmkms.service.crypto import CryptoService, Located
 from hsmkms.service.keys import Identity, KeyLookup, KeyService
 from hsmkms.store.base import KeyRecord
 
-
 # Far above any key id, alias name (at most 255 characters) or ARN: a longer reference names nothing, and is
 # refused before it reaches a lookup, a policy or an error message.
 MAX_KEY_REF_CHARS = 1024

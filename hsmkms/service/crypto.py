@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from hsmkms.errors import InvalidCiphertext, InvalidParameter
 from hsmkms.hsm.backend import DecryptionFailed, HsmBackend
-from hsmkms.service import blob
-from hsmkms.service.context import canonical_aad
-from hsmkms.service import states
+from hsmkms.service import blob, states
 from hsmkms.service.asymmetric import is_symmetric, require_symmetric
+from hsmkms.service.context import canonical_aad
 from hsmkms.service.export import WrappingKey
 from hsmkms.service.keys import KeyService
 from hsmkms.service.passwords import PasswordRules, random_password
@@ -98,6 +97,10 @@ class CryptoService:
         if not is_symmetric(key):  # a made-up blob naming a key pair's or HMAC key's version
             raise InvalidCiphertext()
         return Located(parsed, version, key)
+
+    def open_blob(self, ciphertext_blob: str, context: Mapping[str, str]) -> Opened:
+        """Locate and decrypt in one step (the CLI and tests; the API locates first, to authorize)."""
+        return self.decrypt(self.locate(ciphertext_blob), context)
 
     def decrypt(self, located: Located, context: Mapping[str, str], action: str = "Decrypt") -> Opened:
         states.check(action, located.key.state)

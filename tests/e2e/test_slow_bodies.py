@@ -9,11 +9,11 @@ from the official SDKs on other connections are answered as usual, and the slow 
 from __future__ import annotations
 
 import json
-import uuid
 import socket
 import ssl
 import threading
 import time
+import uuid
 from urllib.parse import urlencode
 
 import pytest

@@ -61,7 +61,7 @@ def test_two_deployments_share_a_token_and_repairing_one_spares_the_other(hsm_se
 
         # Every one of green's keys still decrypts, and its access keys still unseal.
         for blob, context, plaintext in green_blobs:
-            assert green.services.crypto.decrypt(green.services.crypto.locate(blob), context).plaintext == plaintext
+            assert green.services.crypto.open_blob(blob, context).plaintext == plaintext
         green.watch.invalidate()
         assert green.services.access_keys.credential(green_access_key).secret == green_secret
         green_report = green.services.maintenance.doctor()

@@ -113,8 +113,7 @@ def test_a_key_disabled_on_one_node_is_refused_by_the_other(nodes):
     enabled = a.services.keys.enable(a.services.keys.resolve(key.key_id))
     a.services.keys.delete_alias("alias/moving", enabled)
     enforced_within(b, lambda: b.services.keys.resolve("alias/moving"), AliasNotFound)
-    located = b.services.crypto.locate(sealed.ciphertext_blob)
-    assert b.services.crypto.decrypt(located, {}).plaintext == "hello"
+    assert b.services.crypto.open_blob(sealed.ciphertext_blob, {}).plaintext == "hello"
 
 
 def test_the_bound_holds_when_a_notification_is_lost(nodes, monkeypatch):

@@ -12,8 +12,8 @@ from pkcs11 import KeyType
 from hsmkms.app import build_runtime
 from hsmkms.errors import AliasNotFound, InvalidAccessKeyIdNotFound, InvalidCiphertext, KeyNotFound
 from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
-from hsmkms.policy import PolicyError
 from hsmkms.hsm.pkcs11 import master_key_template
+from hsmkms.policy import PolicyError
 from hsmkms.service import watch as watch_module
 from hsmkms.service.access_keys import SERVICE_KEY_ID
 from hsmkms.service.keys import hsm_label
@@ -64,11 +64,11 @@ def test_ciphertexts_survive_a_restart(runtime, hsm):
     sealed = crypto.encrypt(key, "hello", {})
     runtime.store.close()
     restarted = build_runtime(runtime.settings, hsm=hsm)  # a new process would start like this
-    assert restarted.services.crypto.decrypt(restarted.services.crypto.locate(data_key.sealed.ciphertext_blob), {"a": "b"}).plaintext == \
+    assert restarted.services.crypto.open_blob(data_key.sealed.ciphertext_blob, {"a": "b"}).plaintext == \
         data_key.plaintext_b64
-    assert restarted.services.crypto.decrypt(restarted.services.crypto.locate(sealed.ciphertext_blob), {}).plaintext == "hello"
+    assert restarted.services.crypto.open_blob(sealed.ciphertext_blob, {}).plaintext == "hello"
     with pytest.raises(InvalidCiphertext):
-        restarted.services.crypto.decrypt(restarted.services.crypto.locate(sealed.ciphertext_blob), {"x": "y"})
+        restarted.services.crypto.open_blob(sealed.ciphertext_blob, {"x": "y"})
     restarted.store.close()
 
 
@@ -156,7 +156,7 @@ def test_a_warm_worker_reads_no_key_from_the_store(runtime, hsm):
         setattr(worker.store, name, no_reads)
     for key in keys:
         assert worker.services.keys.resolve(key.key_id) == key
-    assert worker.services.crypto.decrypt(worker.services.crypto.locate(blob), {}).plaintext == "warm"
+    assert worker.services.crypto.open_blob(blob, {}).plaintext == "warm"
     worker.store.close()
 
 

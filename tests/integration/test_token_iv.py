@@ -93,10 +93,10 @@ def test_service_in_token_mode_makes_format_2_blobs_and_reads_format_1(vendor, h
         data_key = crypto.generate_data_key(key, 32, {"app": "x"})
         raw = base64.b64decode(data_key.sealed.ciphertext_blob)
         assert raw[0] == blob.FORMAT_2 and raw[37] == 12
-        assert crypto.decrypt(crypto.locate(data_key.sealed.ciphertext_blob), {"app": "x"}).plaintext == data_key.plaintext_b64
-        assert crypto.decrypt(crypto.locate(old_blob), {"k": "v"}).plaintext == "sealed in host mode"  # format 1, forever
+        assert crypto.open_blob(data_key.sealed.ciphertext_blob, {"app": "x"}).plaintext == data_key.plaintext_b64
+        assert crypto.open_blob(old_blob, {"k": "v"}).plaintext == "sealed in host mode"  # format 1, forever
         moved = crypto.re_encrypt(crypto.locate(old_blob), {"k": "v"}, key, {})
-        assert crypto.decrypt(crypto.locate(moved.ciphertext_blob), {}).plaintext == "sealed in host mode"
+        assert crypto.open_blob(moved.ciphertext_blob, {}).plaintext == "sealed in host mode"
         new_access_key, new_secret = access_keys.create()
         assert access_keys.credential(new_access_key).secret == new_secret
         assert access_keys.credential(old_access_key).secret == old_secret

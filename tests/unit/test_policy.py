@@ -711,7 +711,8 @@ def test_one_warning_per_deny_statement():
     assert "statement 1 still allows" in warnings[0] and "statement 1 still allows" in warnings[1]
 
 
-@pytest.mark.parametrize("resources", ["acs:kms:*:*:alias/*", KEYS_COLLECTION, ["acs:kms:*:*:alias/app", "acs:kms:*:*:alias"]])
+@pytest.mark.parametrize("resources", ["acs:kms:*:*:alias/*", KEYS_COLLECTION,
+                                       ["acs:kms:*:*:alias/app", "acs:kms:*:*:alias"]])
 def test_warns_that_a_decrypt_deny_on_aliases_only_denies_no_decrypt(resources):
     (warning,) = policy_warnings(policy(allow("kms:*", "*"), deny("kms:Decrypt", resources)))
     assert warning.startswith("Statement 2 denies kms:Decrypt only on resources that are not keys")

@@ -38,7 +38,6 @@ from typing import TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicNumbers
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, PrivateKey, TokenFlag
 from pkcs11 import exceptions as p11
 from pkcs11.attributes import AttributeMapper
@@ -55,8 +54,8 @@ from hsmkms.hsm.backend import (
     KeyObjectInfo,
     UnwrapFailed,
 )
-from hsmkms.hsm.oaep import OaepDecodingError, oaep_decode
 from hsmkms.hsm.namespace import Namespace
+from hsmkms.hsm.oaep import OaepDecodingError, oaep_decode
 from hsmkms.hsm.pkcs11 import keypairs, native
 from hsmkms.hsm.profiles import TokenProfile, profile_for
 
@@ -618,7 +617,7 @@ class Pkcs11Backend:
         def read(attribute):
             try:
                 return key[attribute]
-            except (p11.AttributeTypeInvalid, p11.AttributeSensitive):  # not of this class (a private key cannot encrypt)
+            except (p11.AttributeTypeInvalid, p11.AttributeSensitive):  # not of this class (a private key cannot wrap)
                 return False
 
         a = Attribute
@@ -812,15 +811,6 @@ class Pkcs11Backend:
         return self._with_key(object_id, lambda key: _able(key, "sign")(message, mechanism=mechanism))
 
 
-def _able(key, operation: str):
-    """The key's method for ``operation``; python-pkcs11 gives a key only the methods its CKA_SIGN, CKA_DECRYPT
-    ... allow, so a key made for another usage has none: a configuration error, as the token would say."""
-    method = getattr(key, operation, None)
-    if method is None:
-        raise HsmConfigurationError(f"the key object cannot {operation} (its usage is another)")
-    return method
-
-
     # --- key-material import (BYOK) ----------------------------------------------------------------------
 
     def create_wrapping_key_pair(self, object_id: str, label: str) -> bytes:
@@ -842,7 +832,7 @@ def _able(key, operation: str):
                 self._restrict_mechanisms = False
                 public, private = make(False)
             try:
-                der = _public_key_der(public)
+                der = keypairs.public_key_der(public)
             finally:
                 public.destroy()  # a session object; only the private half is kept
             self._wrapping_keys[object_id] = private
@@ -885,7 +875,7 @@ def _able(key, operation: str):
             private_template={Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
                               Attribute.UNWRAP: True, Attribute.DECRYPT: False})
         try:
-            public_key = serialization.load_der_public_key(_public_key_der(public))
+            public_key = serialization.load_der_public_key(keypairs.public_key_der(public))
             throwaway = session.generate_random(MASTER_KEY_BYTES * 8)
             supported = []
             for algorithm, (mechanism, parameter, host_padding) in UNWRAP_MECHANISMS.items():
@@ -972,12 +962,13 @@ def _able(key, operation: str):
 WRAPPING_LABEL_PREFIX = "hsmkms:import:"
 
 
-def _public_key_der(public) -> bytes:
-    """An RSA public key object's SubjectPublicKeyInfo (DER), from its modulus and exponent."""
-    numbers = RSAPublicNumbers(int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big"),
-                               int.from_bytes(public[Attribute.MODULUS], "big"))
-    return numbers.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+def _able(key, operation: str):
+    """The key's method for ``operation``; python-pkcs11 gives a key only the methods its CKA_SIGN, CKA_DECRYPT
+    ... allow, so a key made for another usage has none: a configuration error, as the token would say."""
+    method = getattr(key, operation, None)
+    if method is None:
+        raise HsmConfigurationError(f"the key object cannot {operation} (its usage is another)")
+    return method
 
 
 # --- token provisioning (SoftHSM and other tokens that can be initialised through PKCS#11) ---------------
