@@ -131,8 +131,8 @@ class Node:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        try:
-            os.killpg(self.process.pid, sig)
+        try:  # a SIGKILL is a crash of every process; anything else goes to the master (see LiveServer.stop)
+            os.killpg(self.process.pid, sig) if sig == signal.SIGKILL else os.kill(self.process.pid, sig)
         except ProcessLookupError:
             pass
         try:

@@ -118,7 +118,12 @@ class LiveServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        os.killpg(self.process.pid, sig)
+        if sig == signal.SIGKILL:  # a crash: every process at once
+            os.killpg(self.process.pid, sig)
+        else:
+            # As systemd's KillMode=mixed: the master stops its workers.  Signalled too, a worker may exit
+            # before the master has asked it to, which granian reports as an unexpected exit (status 1).
+            os.kill(self.process.pid, sig)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
