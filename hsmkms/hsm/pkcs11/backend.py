@@ -159,11 +159,7 @@ def master_key_template(cka_id: bytes, label: str, restrict_mechanisms: bool = T
     cannot use the key with another mechanism (ECB would reveal GCM's hash subkey); for tokens that support it.
     """
     template = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
+        **keypairs.kept_in_token(cka_id, label),
         Attribute.ENCRYPT: True,
         Attribute.DECRYPT: True,
         Attribute.WRAP: False,
@@ -171,8 +167,6 @@ def master_key_template(cka_id: bytes, label: str, restrict_mechanisms: bool = T
         Attribute.SIGN: False,
         Attribute.VERIFY: False,
         Attribute.DERIVE: False,
-        Attribute.ID: cka_id,
-        Attribute.LABEL: label,
     }
     if restrict_mechanisms:
         template[Attribute.ALLOWED_MECHANISMS] = list(MASTER_KEY_MECHANISMS)
@@ -201,17 +195,11 @@ def wrapping_private_template(cka_id: bytes, label: str, restrict_mechanisms: bo
     """The private half of an import wrapping key: stays in the token, only unwraps (no decrypt: the material
     it opens never reaches the host)."""
     template = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
+        **keypairs.kept_in_token(cka_id, label),
         Attribute.UNWRAP: True,
         Attribute.DECRYPT: False,
         Attribute.SIGN: False,
         Attribute.DERIVE: False,
-        Attribute.ID: cka_id,
-        Attribute.LABEL: label,
     }
     if restrict_mechanisms:
         template[Attribute.ALLOWED_MECHANISMS] = [Mechanism.RSA_PKCS_OAEP, Mechanism.RSA_PKCS]

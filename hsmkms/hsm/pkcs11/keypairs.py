@@ -63,6 +63,19 @@ def allowed_mechanisms(key_spec: str, usage: str, raw_rsa: bool) -> list[Mechani
     return [Mechanism.RSA_PKCS_OAEP] + ([Mechanism.RSA_X_509] if raw_rsa else [])
 
 
+def kept_in_token(cka_id: bytes, label: str) -> dict:
+    """What every secret hsmkms makes is: a private token object, sensitive, never extractable, never modified."""
+    return {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.ID: cka_id,
+        Attribute.LABEL: label,
+    }
+
+
 def pair_templates(cka_id: bytes, label: str, key_spec: str, usage: str,
                    allowed: list[Mechanism] | None) -> tuple[dict, dict]:
     """(public, private) templates.  The private key signs or decrypts, never both, and never leaves."""
@@ -84,17 +97,11 @@ def pair_templates(cka_id: bytes, label: str, key_spec: str, usage: str,
     else:
         public[Attribute.EC_PARAMS] = spec.curve_oid_der
     private = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
+        **kept_in_token(cka_id, label),
         Attribute.SIGN: signs,
         Attribute.DECRYPT: not signs,
         Attribute.UNWRAP: False,
         Attribute.DERIVE: False,
-        Attribute.ID: cka_id,
-        Attribute.LABEL: label,
     }
     if allowed is not None:
         private[Attribute.ALLOWED_MECHANISMS] = allowed
@@ -104,11 +111,7 @@ def pair_templates(cka_id: bytes, label: str, key_spec: str, usage: str,
 def hmac_template(cka_id: bytes, label: str, algorithm: str, restrict: bool) -> dict:
     mechanism, _ = HMAC_MECHANISMS[algorithm]
     template = {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
+        **kept_in_token(cka_id, label),
         Attribute.SIGN: True,
         Attribute.VERIFY: True,
         Attribute.ENCRYPT: False,
@@ -116,8 +119,6 @@ def hmac_template(cka_id: bytes, label: str, algorithm: str, restrict: bool) -> 
         Attribute.WRAP: False,
         Attribute.UNWRAP: False,
         Attribute.DERIVE: False,
-        Attribute.ID: cka_id,
-        Attribute.LABEL: label,
     }
     if restrict:
         template[Attribute.ALLOWED_MECHANISMS] = [mechanism]
