@@ -39,7 +39,7 @@ fuzz: system-deps venv
 
 # The benchmark (wrk against the production server, pre-signed requests); figures in var/bench/.
 bench: venv
-	@scripts/install-system-deps.sh wrk
+	@scripts/install-system-deps.sh wrk haproxy postgresql redis-server
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
 
