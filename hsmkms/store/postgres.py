@@ -277,6 +277,15 @@ class _Connections:
         self.pool()
         return self.scope
 
+    def ping(self) -> bool:
+        """The database answers within PING_TIMEOUT_S (for /readyz)."""
+        try:
+            with self.connection(PING_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except StoreError:
+            return False
+
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         """A connection from the pool (waiting at most ``timeout``, default busy_timeout_ms); returned after."""
@@ -426,12 +435,7 @@ class PostgresStore:
         self._db.close()
 
     def ping(self) -> bool:
-        try:
-            with self._db.connection(PING_TIMEOUT_S) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except StoreError:
-            return False
+        return self._db.ping()
 
     def data_version(self) -> int:
         return self._read("SELECT counter FROM changes WHERE id = 1")[0][0]
@@ -829,12 +833,7 @@ class PostgresNonces:
                 return conn.execute("DELETE FROM nonces WHERE until < %s", (int(now),)).rowcount
 
     def ping(self) -> bool:
-        try:
-            with self._db.connection(PING_TIMEOUT_S) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except StoreError:
-            return False
+        return self._db.ping()
 
     def close(self) -> None:
         self._stop.set()
