@@ -145,11 +145,11 @@ class MeteredHsm:
         self._backend = backend
         self._metrics = metrics
 
-    def _timed(self, operation: str, call: Callable[[], T]) -> T:
+    def _timed(self, operation: str, call: Callable[..., T], *args) -> T:
         started = time.perf_counter()
         error = None
         try:
-            return call()
+            return call(*args)
         except DecryptionFailed:
             raise
         except Exception as exc:
@@ -168,13 +168,13 @@ class MeteredHsm:
         return self._backend.ping(canary_id)
 
     def random(self, length: int) -> bytes:
-        return self._timed("random", lambda: self._backend.random(length))
+        return self._timed("random", self._backend.random, length)
 
     def create_aes_key(self, object_id: str, label: str) -> None:
-        self._timed("create_key", lambda: self._backend.create_aes_key(object_id, label))
+        self._timed("create_key", self._backend.create_aes_key, object_id, label)
 
     def destroy_key(self, object_id: str) -> None:
-        self._timed("destroy_key", lambda: self._backend.destroy_key(object_id))
+        self._timed("destroy_key", self._backend.destroy_key, object_id)
 
     def has_key(self, object_id: str) -> bool:
         return self._backend.has_key(object_id)
@@ -192,30 +192,29 @@ class MeteredHsm:
         return self._backend.allowed_mechanisms(object_id)
 
     def gcm_encrypt(self, object_id: str, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._timed("encrypt", lambda: self._backend.gcm_encrypt(object_id, iv, plaintext, aad))
+        return self._timed("encrypt", self._backend.gcm_encrypt, object_id, iv, plaintext, aad)
 
     def gcm_encrypt_token_iv(self, object_id: str, plaintext: bytes, aad: bytes) -> tuple[bytes, bytes]:
-        return self._timed("encrypt", lambda: self._backend.gcm_encrypt_token_iv(object_id, plaintext, aad))
+        return self._timed("encrypt", self._backend.gcm_encrypt_token_iv, object_id, plaintext, aad)
 
     def gcm_decrypt(self, object_id: str, iv: bytes, sealed: bytes, aad: bytes) -> bytes:
-        return self._timed("decrypt", lambda: self._backend.gcm_decrypt(object_id, iv, sealed, aad))
+        return self._timed("decrypt", self._backend.gcm_decrypt, object_id, iv, sealed, aad)
 
     @property
     def token_makes_iv(self) -> bool:
         return getattr(self._backend, "token_makes_iv", False)
 
     def create_wrapping_key_pair(self, object_id: str, label: str) -> bytes:
-        return self._timed("create_wrapping_key", lambda: self._backend.create_wrapping_key_pair(object_id, label))
+        return self._timed("create_wrapping_key", self._backend.create_wrapping_key_pair, object_id, label)
 
     def unwrap_algorithms(self) -> tuple[str, ...]:
         return self._backend.unwrap_algorithms()
 
     def unwrap_aes_key(self, wrapping_id: str, algorithm: str, wrapped: bytes, object_id: str, label: str) -> None:
-        self._timed("unwrap_key", lambda: self._backend.unwrap_aes_key(wrapping_id, algorithm, wrapped, object_id,
-                                                                       label))
+        self._timed("unwrap_key", self._backend.unwrap_aes_key, wrapping_id, algorithm, wrapped, object_id, label)
 
     def destroy_wrapping_key(self, object_id: str) -> None:
-        self._timed("destroy_key", lambda: self._backend.destroy_wrapping_key(object_id))
+        self._timed("destroy_key", self._backend.destroy_wrapping_key, object_id)
 
     def list_wrapping_key_ids(self) -> dict[str, str]:
         return self._backend.list_wrapping_key_ids()
@@ -224,19 +223,19 @@ class MeteredHsm:
         return self._backend.wrapping_key_info(object_id)
 
     def create_key_pair(self, object_id: str, label: str, key_spec: str, usage: str) -> None:
-        self._timed("create_key", lambda: self._backend.create_key_pair(object_id, label, key_spec, usage))
+        self._timed("create_key", self._backend.create_key_pair, object_id, label, key_spec, usage)
 
     def create_hmac_key(self, object_id: str, label: str, algorithm: str) -> None:
-        self._timed("create_key", lambda: self._backend.create_hmac_key(object_id, label, algorithm))
+        self._timed("create_key", self._backend.create_hmac_key, object_id, label, algorithm)
 
     def public_key(self, object_id: str) -> bytes:
-        return self._timed("public_key", lambda: self._backend.public_key(object_id))
+        return self._timed("public_key", self._backend.public_key, object_id)
 
     def sign_digest(self, object_id: str, algorithm: str, digest: bytes) -> bytes:
-        return self._timed("sign", lambda: self._backend.sign_digest(object_id, algorithm, digest))
+        return self._timed("sign", self._backend.sign_digest, object_id, algorithm, digest)
 
     def rsa_oaep_decrypt(self, object_id: str, hash_name: str, ciphertext: bytes) -> bytes:
-        return self._timed("decrypt", lambda: self._backend.rsa_oaep_decrypt(object_id, hash_name, ciphertext))
+        return self._timed("decrypt", self._backend.rsa_oaep_decrypt, object_id, hash_name, ciphertext)
 
     def hmac(self, object_id: str, algorithm: str, message: bytes) -> bytes:
-        return self._timed("mac", lambda: self._backend.hmac(object_id, algorithm, message))
+        return self._timed("mac", self._backend.hmac, object_id, algorithm, message)

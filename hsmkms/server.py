@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from granian import Granian
-from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.constants import HTTPModes, Interfaces, RuntimeModes, SSLProtocols
 from granian.http import HTTP1Settings
 from granian.log import LogLevels
 
@@ -129,6 +129,12 @@ def server_options(settings: Settings) -> dict:
         # RSGI takes one; the application runs on the event loop's thread (PKCS#11 calls are serialised
         # within a process anyway).
         "blocking_threads": 1,
+        # One I/O thread a worker: its application runs on one thread anyway, and handing requests between
+        # several cost CPU (about 6 us a request for the bare app, 10-20 for hsmkms) and lengthened p99
+        # (measured in alternating runs of the benchmark's requests).  granian's Rust task implementation
+        # saved as much again, but kept every request's data: a worker grew by 297 MiB over 5,000 requests
+        # with 60 KB query strings (tests/e2e/test_policy_limits.py), so asyncio's tasks stay.
+        "runtime_mode": RuntimeModes.st,
         "http": HTTPModes.http1,
         "websockets": False,
         "http1_settings": HTTP1Settings(max_buffer_size=REQUEST_HEAD_BYTES),

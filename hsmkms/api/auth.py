@@ -38,6 +38,9 @@ MAX_NONCE_CHARS = 128
 SENSITIVE_PARAMETERS = frozenset({"Plaintext"})
 
 _TIMESTAMP = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]{1,9})?Z\Z")
+# Timestamps parsed lately (a handful of distinct seconds are in flight at any time); emptied when full.
+_RECENT_TIMESTAMPS = 64
+_recent_timestamps: dict[str | None, float] = {}
 _V3_FIELD = re.compile(r"\s*(Credential|SignedHeaders|Signature)=([^,\s]*)\s*")
 
 
@@ -91,7 +94,7 @@ def v1_string_to_sign(method: str, params: Mapping[str, str]) -> str:
 
 
 def v1_signature(secret: str, string_to_sign: str) -> str:
-    digest = hmac.new(f"{secret}&".encode(), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
+    digest = hmac.digest(f"{secret}&".encode(), string_to_sign.encode("utf-8"), "sha1")  # one call into OpenSSL
     return base64.b64encode(digest).decode("ascii")
 
 
@@ -146,16 +149,24 @@ def v3_signature(secret: str, string_to_sign: str) -> str:
 
 def parse_timestamp(value: str | None) -> float:
     """``YYYY-MM-DDThh:mm:ss[.fff]Z`` (UTC) as unix seconds; IllegalTimestamp when absent or malformed."""
+    seconds = _recent_timestamps.get(value)  # requests signed in the same second carry the same text
+    if seconds is not None:
+        return seconds
     match = _TIMESTAMP.match(value or "")
     if not match:
         raise IllegalTimestamp()
     try:
-        return datetime(*map(int, match.groups()), tzinfo=timezone.utc).timestamp()
+        seconds = datetime(*map(int, match.groups()), tzinfo=timezone.utc).timestamp()
     except ValueError:
         raise IllegalTimestamp() from None
+    if len(_recent_timestamps) >= _RECENT_TIMESTAMPS:
+        _recent_timestamps.clear()
+    _recent_timestamps[value] = seconds
+    return seconds
 
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class SignedRequest:
     """What authentication reads from an HTTP request."""
 

@@ -6,6 +6,7 @@ InvalidParameter), so action handlers never see a raw, unchecked string.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -39,7 +40,7 @@ def parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
         if "%" in text or "+" in text:
             # All pieces decoded in one call, joined by NULs: an escape cannot span a NUL (not a hex digit), and
             # UTF-8 is valid joined by NULs exactly when each piece is valid alone.
-            decoded = unquote_to_bytes("\x00".join(pieces).replace("+", " ")).decode("utf-8").split("\x00")
+            decoded = _percent_decode("\x00".join(pieces).replace("+", " ")).decode("utf-8").split("\x00")
             if len(decoded) != len(pieces):  # a NUL in the data itself (raw or %00): decode piece by piece
                 return parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
                                  max_num_fields=MAX_PARAMETERS)
@@ -49,14 +50,26 @@ def parse_pairs(encoded: bytes) -> list[tuple[str, str]]:
         raise ParseRequestParameterException() from None
 
 
+def _percent_decode(text: str) -> bytes:
+    """unquote_to_bytes(text) for ASCII text, in C: each %XX becomes a \\xXX escape (backslashes doubled first,
+    so that no other escape exists) for codecs.escape_decode.  A malformed escape (%4G, a % at the end) fails
+    there, and unquote_to_bytes, which keeps it as it is, decodes the text instead."""
+    try:
+        return codecs.escape_decode(text.replace("\\", "\\\\").replace("%", "\\x"))[0]
+    except ValueError:
+        return unquote_to_bytes(text)
+
+
 def merge(*sources: Iterable[tuple[str, str]]) -> dict[str, str]:
     """One parameter map; a name given twice is refused rather than guessed at."""
-    params: dict[str, str] = {}
-    for pairs in sources:
-        for name, value in pairs:
-            if name in params:
+    pairs = [pair for source in sources for pair in source]
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
                 raise InvalidParameter(name, "The parameter is given more than once.")
-            params[name] = value
+            seen.add(name)
     return params
 
 
@@ -64,6 +77,14 @@ class Params:
     def __init__(self, values: Mapping[str, str]):
         self.values = values
         self._contexts: dict[str, dict[str, str]] = {}  # parsed once per request (handler and audit read them)
+        self._dotted: bool | None = None
+
+    @property
+    def dotted(self) -> bool:
+        """Whether a name has a dot, as a flattened map or list has (``EncryptionContext.app``); most have none."""
+        if self._dotted is None:
+            self._dotted = any("." in name for name in self.values)
+        return self._dotted
 
     def optional(self, name: str, default: str | None = None) -> str | None:
         value = self.values.get(name)
@@ -123,7 +144,9 @@ class Params:
         context = self._contexts.get(name)
         if context is None:
             prefix = name + "."
-            flattened = {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+            flattened = {}
+            if self.dotted:
+                flattened = {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
             if flattened:
                 if self.values.get(name):
                     raise InvalidParameter(name, "Give the context either as JSON or flattened, not both.")

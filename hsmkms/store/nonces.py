@@ -174,7 +174,8 @@ class NonceStore:
         resize by another process) or deleted since this process opened it, the one now at the path is
         opened instead: every process must use the same table.  Called with the thread lock held."""
         while True:
-            fd = self._fd if self._pid == os.getpid() else self._open()
+            # A forked child starts without a descriptor (_forget_after_fork): no getpid() per claim.
+            fd = self._fd if self._fd >= 0 else self._open()
             _lock_file(fd)
             if os.fstat(fd).st_nlink:
                 return fd

@@ -102,7 +102,7 @@ QUERY_TOKENS = [
     b"a", b"Key", b"0", b"~", b"-", b".", b"_", b"=", b"&", b"&&", b";", b"+", b" ", b"%", b"%2", b"%4", b"%41",
     b"%4a", b"%3D", b"%3d", b"%26", b"%2B", b"%20", b"%25", b"%00", b"\x00", b"%C3", b"%A9", b"%c3%a9",
     b"%E2%82%AC", b"%ED%A0%80", b"%F0%9F%98%80", b"%FF", b"%zz", b"%%", b"\x80", b"\xc3\xa9", b"\xff", b"\t",
-    b"#", b"?", b"\x7f",
+    b"#", b"?", b"\x7f", b"\\", b"\\x41", b"\\\\", b"\\n", b"\\%41",
 ]
 token_queries = st.lists(st.sampled_from(QUERY_TOKENS), max_size=40).map(b"".join)
 # name=value fields, names and values escaped from any bytes (so some escapes are not UTF-8, or decode to NUL,
@@ -136,6 +136,7 @@ TYPICAL_QUERY = (
 @example(b"k=%C3&x=%A9")
 @example(b"k=%C3%A9&x=%A9")
 @example(b"k=%4&x=%")
+@example(b"k=\\x41%41&x=\\%4")
 def test_parse_pairs_same_as_parse_qsl(encoded):
     assert outcome(parse_pairs, encoded) == outcome(reference_parse_pairs, encoded)
 

@@ -23,7 +23,6 @@ Facts this code is built on (measured on SoftHSM 2.6.1 and NSS softoken 3.87, se
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -129,7 +128,6 @@ CONFIGURATION_ERRORS = (
     p11.KeySizeRange, native.KeyFunctionNotPermitted, p11.FunctionNotSupported, p11.DomainParamsInvalid,
     p11.ArgumentsBad, p11.DataLenRange, p11.DataInvalid,
 )
-_NO_LOCK = contextlib.nullcontext()
 # What a token answers when it does not know CKA_ALLOWED_MECHANISMS (PKCS#11 2.40: CKR_ATTRIBUTE_TYPE_INVALID).
 _ATTRIBUTE_REFUSED_ERRORS = (p11.AttributeTypeInvalid,)
 # The only mechanism a master key may be used with.
@@ -453,34 +451,46 @@ class Pkcs11Backend:
           token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
           its own calls.
         """
-        with self._locked(), self._token_lock(exclusive) if exclusive else _NO_LOCK:
-            for attempt in (1, 2):
-                was_open = self._session is not None
-                session = None
-                try:
-                    session = self._ensure_session()
-                    return operation(session)
-                except DecryptionFailed:
+        # The thread lock is taken without a context manager: this is every HSM call's path.
+        if not self._lock.acquire(timeout=self._wait_seconds):
+            raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
+        try:
+            if exclusive:
+                with self._token_lock(exclusive=True):
+                    return self._attempt(operation, missing_key_is_fault)
+            return self._attempt(operation, missing_key_is_fault)
+        finally:
+            self._lock.release()
+
+    def _attempt(self, operation: Callable[[object], T], missing_key_is_fault: bool) -> T:
+        """``_call``'s body, with the locks held."""
+        for attempt in (1, 2):
+            was_open = self._session is not None
+            session = None
+            try:
+                session = self._ensure_session()
+                return operation(session)
+            except DecryptionFailed:
+                raise
+            except HsmKeyMissing as exc:
+                if attempt == 1 and self.profile.reinitialise_to_find:
+                    self._drop_session(finalize=True)
+                    continue
+                if not missing_key_is_fault or session is None or self._keys:
                     raise
-                except HsmKeyMissing as exc:
-                    if attempt == 1 and self.profile.reinitialise_to_find:
-                        self._drop_session(finalize=True)
-                        continue
-                    if not missing_key_is_fault or session is None or self._keys:
-                        raise
-                    failure: Exception = exc
-                except CONFIGURATION_ERRORS as exc:
-                    log.error("the token %r refused a request (%s: %s): a configuration error, not a fault; the "
-                              "session is kept.  Run `hsmkms hsm check` to see what the token supports",
-                              self._token_label, type(exc).__name__, exc)
-                    raise HsmConfigurationError(
-                        f"the token {self._token_label!r} refused the request: {type(exc).__name__}") from exc
-                except p11.PKCS11Error as exc:
-                    failure = exc
-                self._fault(type(failure).__name__)
-                if not was_open or attempt == 2:
-                    raise HsmUnavailable(f"HSM call failed: {type(failure).__name__}") from failure
-                self._last_failure = 0.0  # the session was stale: reconnect now, once
+                failure: Exception = exc
+            except CONFIGURATION_ERRORS as exc:
+                log.error("the token %r refused a request (%s: %s): a configuration error, not a fault; the "
+                          "session is kept.  Run `hsmkms hsm check` to see what the token supports",
+                          self._token_label, type(exc).__name__, exc)
+                raise HsmConfigurationError(
+                    f"the token {self._token_label!r} refused the request: {type(exc).__name__}") from exc
+            except p11.PKCS11Error as exc:
+                failure = exc
+            self._fault(type(failure).__name__)
+            if not was_open or attempt == 2:
+                raise HsmUnavailable(f"HSM call failed: {type(failure).__name__}") from failure
+            self._last_failure = 0.0  # the session was stale: reconnect now, once
         raise AssertionError("unreachable")
 
     def _fault(self, what: str) -> None:
