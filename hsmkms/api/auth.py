@@ -165,7 +165,6 @@ def parse_timestamp(value: str | None) -> float:
     return seconds
 
 
-
 @dataclass(slots=True)
 class SignedRequest:
     """What authentication reads from an HTTP request."""

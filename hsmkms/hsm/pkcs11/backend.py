@@ -253,10 +253,14 @@ class Pkcs11Backend:
 
     # --- locking -----------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _acquire(self) -> None:
+        """Take the thread lock, or give up with HsmUnavailable after the configured wait."""
         if not self._lock.acquire(timeout=self._wait_seconds):
             raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._acquire()
         try:
             yield
         finally:
@@ -451,9 +455,7 @@ class Pkcs11Backend:
           token shows no objects at all (SoftHSM's token directory went away); one missing object only fails
           its own calls.
         """
-        # The thread lock is taken without a context manager: this is every HSM call's path.
-        if not self._lock.acquire(timeout=self._wait_seconds):
-            raise HsmUnavailable(f"the HSM has not answered a call for {self._wait_seconds:g} s")
+        self._acquire()  # not through _locked: a generator context manager costs every HSM call a few µs
         try:
             if exclusive:
                 with self._token_lock(exclusive=True):
