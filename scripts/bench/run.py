@@ -23,8 +23,9 @@ What it does, every step bounded in time (the whole run stays under 13 minutes):
    private Redis; CPU per request counts the nodes, HAProxy, PostgreSQL and Redis.  On 2 cores this is the
    cost of the shared path, not scale.
 
-Each run records the server's CPU per request.  It prints a summary with PASS/FAIL per target, writes var/bench/results.json and var/bench/results.png, and
-exits 0 whatever the figures (non-zero only when the benchmark itself could not run).
+Each run records the server's CPU per request.  It prints a summary with PASS/FAIL per target, writes
+var/bench/results.json and var/bench/results.png, and exits 0 whatever the figures (non-zero only when the
+benchmark itself could not run).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class StageClock:
     def __init__(self) -> None:
         self.totals: dict[str, int] = {}
         self._stack: list[list] = []  # [stage, started_ns, child_ns]
+        self._patched: list[tuple[object, str, object]] = []  # (owner, name, original), to restore
 
     def wrap(self, stage: str, function: Callable) -> Callable:
         clock = time.perf_counter_ns
@@ -74,7 +75,17 @@ class StageClock:
     def patch(self, owner: object, name: str, stage: str) -> None:
         """Time ``owner.name`` (a module function or an instance's method) as ``stage``."""
         original = getattr(owner, name)  # AttributeError: the request path moved; this table must follow it
+        self._patched.append((owner, name, owner.__dict__.get(name) if hasattr(owner, "__dict__") else original))
         setattr(owner, name, self.wrap(stage, original))
+
+    def restore(self) -> None:
+        """Undo every patch: an instance's method falls back to its class's, a module function is put back."""
+        for owner, name, own in reversed(self._patched):
+            if own is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, own)
+        self._patched.clear()
 
 
 def instrument(app, clock: StageClock) -> None:
@@ -130,9 +141,9 @@ def profile(app, deployment, action: str, params_list: list[dict[str, str]]) -> 
     warm = len(lines) // 5
     for line in lines[:warm]:
         call(app, line)
+    originals = dict(ACTIONS)
     clock = StageClock()
     instrument(app, clock)
-    originals = dict(ACTIONS)
     try:
         timed = lines[warm:]
         cpu0, wall0 = time.thread_time_ns(), time.perf_counter_ns()
@@ -142,6 +153,7 @@ def profile(app, deployment, action: str, params_list: list[dict[str, str]]) -> 
                 raise RuntimeError(f"{action} answered {status}: {body[:300]!r}")
         wall, cpu = time.perf_counter_ns() - wall0, time.thread_time_ns() - cpu0
     finally:
+        clock.restore()
         ACTIONS.update(originals)
     count = len(timed)
     stages = {stage: round(ns / count / 1000, 1) for stage, ns in clock.totals.items()}
