@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
 import logging.handlers
@@ -43,8 +42,6 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _json_string  # json.dumps' own, in C
 from pathlib import Path
 from typing import IO, Any
-
-from hsmkms.service.context import EMPTY_AAD
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +72,7 @@ def utc_timestamp(when: float | None = None) -> str:
 _last_second: tuple[int, str] = (-1, "")  # (unix second, its formatted prefix), replaced as one tuple
 
 
-def context_digest(aad: bytes | None) -> str:
-    """Hex SHA-256 of the canonical encryption-context bytes; ``""`` when there was none.
-
-    An absent context equals ``{}`` everywhere in the service, so the canonical empty context (``b"{}"``)
-    also gives ``""``.  The digest correlates requests without recording the context itself.
-    """
-    if aad is None or aad == b"" or aad == EMPTY_AAD:
-        return ""
-    return hashlib.sha256(aad).hexdigest()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)  # not frozen: a frozen dataclass takes twice as long to make, per request
 class AuditRecord:
     """One request in the audit trail; the field names are the JSON keys.
 

@@ -48,6 +48,7 @@ ACTION_PREFIX = "kms:"
 # bytes.  A typical entry costs about 400 bytes, so the budget holds a couple of thousand.
 MAX_REMEMBERED_REQUEST_CHARS = 1024
 MAX_REMEMBERED_BYTES = 1 << 20
+MAX_ACTIONS_SPLIT = 512
 _ENTRY_OVERHEAD_BYTES = 200  # the dict slot, the Decision and allocator slack, beyond the key's own objects
 
 _STATEMENT_KEYS = frozenset({"Effect", "Action", "Resource"})
@@ -106,7 +107,7 @@ class Wildcard:
     on a 60 KB resource made of colons, which any caller can name as a KeyId.
     """
 
-    __slots__ = ("pattern", "_pieces")
+    __slots__ = ("pattern", "_pieces", "_everything")
 
     def __init__(self, pattern: str, *, ignore_case: bool = False):
         flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
@@ -114,8 +115,11 @@ class Wildcard:
         # Each piece is a fixed-length regex ('?' is '.', every other character itself), so no backtracking.
         self._pieces = [(re.compile(re.escape(piece).replace(r"\?", "."), flags), len(piece))
                         for piece in pattern.split("*")]
+        self._everything = pattern != "" and set(pattern) == {"*"}  # "*" (or "**"): the usual Resource
 
     def matches(self, text: str) -> bool:
+        if self._everything:
+            return True
         if len(self._pieces) == 1:
             return self._pieces[0][0].fullmatch(text) is not None
         (first, first_len), *middle, (last, last_len) = self._pieces
@@ -209,6 +213,10 @@ class Policy:
     statements: tuple[Statement, ...]
     document: str  # canonical JSON of the document as given; see to_json()
     _memory: _DecisionMemory = field(default_factory=_DecisionMemory, init=False, repr=False, compare=False)
+    # (Deny statements, Allow statements) whose Action matches, by action: the decision for a key not
+    # remembered (many keys overflow the memory) then only matches resources.
+    _by_action: dict[str, tuple[tuple[Statement, ...], tuple[Statement, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> str:
         """Canonical pretty JSON (sorted keys, two-space indent) of the original document; parses back equal."""
@@ -233,10 +241,7 @@ class Policy:
         return decision
 
     def _decide(self, action: str, resources: Sequence[str]) -> Decision:
-        name = qualified(action)
-        relevant = [s for s in self.statements if s.matches_action(name)]
-        denies = [s for s in relevant if s.effect == "Deny"]
-        allows = [s for s in relevant if s.effect == "Allow"]
+        denies, allows = self._statements_for(action)
         for resource in resources:
             if any(s.matches_resource(resource) for s in denies):
                 return Decision(False, resource)
@@ -244,6 +249,17 @@ class Policy:
             if not any(s.matches_resource(resource) for s in allows):
                 return Decision(False, resource)
         return _ALLOWED
+
+    def _statements_for(self, action: str) -> tuple[tuple[Statement, ...], tuple[Statement, ...]]:
+        split = self._by_action.get(action)
+        if split is None:
+            name = qualified(action)
+            relevant = [s for s in self.statements if s.matches_action(name)]
+            split = (tuple(s for s in relevant if s.effect == "Deny"),
+                     tuple(s for s in relevant if s.effect == "Allow"))
+            if len(self._by_action) < MAX_ACTIONS_SPLIT:  # callers name actions from a fixed table; bound it anyway
+                self._by_action[action] = split
+        return split
 
 
 # --- which resources exist: the ARNs this service checks, as an automaton -----------------------------------

@@ -74,8 +74,11 @@ class Access:
         """The first key the call resolved, for the audit trail."""
         if self.located is not None:
             return self.located.key.key_id
-        resolved = [*self.keys.values(), *self.listed]
-        return next((lookup.key.key_id for lookup in resolved if lookup.key is not None), "")
+        for lookups in (self.keys.values(), self.listed):
+            for lookup in lookups:
+                if lookup.key is not None:
+                    return lookup.key.key_id
+        return ""
 
 
 def authorize(policy: Policy, access: Access) -> None:

@@ -23,7 +23,7 @@ from hsmkms.api.actions import ACTIONS, Call, Services
 from hsmkms.api.auth import Authenticator, SignedRequest
 from hsmkms.api.authorize import Resolver, authorize
 from hsmkms.api.params import Params, merge, parse_pairs
-from hsmkms.audit import MAX_FIELD_CHARS, AuditLog, AuditRecord, context_digest
+from hsmkms.audit import MAX_FIELD_CHARS, AuditLog, AuditRecord
 from hsmkms.errors import (
     InternalFailure,
     InvalidActionNotFound,
@@ -39,7 +39,6 @@ from hsmkms.errors import (
 )
 from hsmkms.hsm.backend import HsmConfigurationError, HsmUnavailable
 from hsmkms.metrics import Metrics
-from hsmkms.service.context import canonical_aad
 from hsmkms.service.watch import StoreWatch
 from hsmkms.store.base import StoreError
 
@@ -170,7 +169,8 @@ class RpcEndpoint:
         body = read_body(environ, self.max_body_bytes)
         query = parse_pairs(query_string)
         mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-        values = merge(query, parse_pairs(body) if mimetype == FORM_TYPE else [])
+        form = mimetype == FORM_TYPE
+        values = merge(query, parse_pairs(body) if form else [])
         # The headers by name are read by the V3 scheme (an Authorization header), and name the action and the
         # version when the parameters do not: built only then (a V1 request needs none of them).
         needs_headers = "HTTP_AUTHORIZATION" in environ or not (values.get("Action") and values.get("Version"))
@@ -192,7 +192,9 @@ class RpcEndpoint:
         params = trail.params = Params(values)
         trail.access_key_id = _claimed_access_key(values, headers)
         credential = self.authenticator.authenticate(
-            SignedRequest(method, environ.get("PATH_INFO", "/"), query, values, headers, body)
+            SignedRequest(method, environ.get("PATH_INFO", "/"), query, values, headers, body,
+                          (environ.get("QUERY_STRING", ""), body.decode("latin-1")) if form else
+                          (environ.get("QUERY_STRING", ""),))
         )
         trail.access_key_id = credential.access_key_id
         access = registered.touches(action, params, self.resolver)
@@ -221,7 +223,7 @@ def _context_digest(params: Params) -> str:
     for name in _CONTEXT_PARAMETERS:
         if name in params.values or dotted and any(k.startswith(name + ".") for k in params.values):
             try:
-                return context_digest(canonical_aad(params.context(name)))
+                return params.context(name).digest
             except KmsError:
                 return ""
     return ""

@@ -9,6 +9,7 @@ are equal as maps.  Plain concatenation would not do: ``{"ab":"c"}`` and ``{"a":
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 
@@ -18,14 +19,22 @@ from hsmkms.jsonutil import loads_strict
 MAX_CONTEXT_CHARS = 8192
 
 EMPTY_AAD = b"{}"
+MAX_REMEMBERED_CONTEXTS = 256
+MAX_REMEMBERED_CONTEXT_CHARS = 1024
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # made once
 
 
 class Context(dict):
-    """A parsed context: a plain map of string to string that computes its canonical AAD once (the handler
-    uses it as AAD and the audit trail hashes it)."""
+    """A parsed context: a read-only map of string to string that computes its canonical AAD and the AAD's
+    digest once (the handler uses it as AAD, the audit trail records the digest).  Read-only, because
+    parse_context hands the same one to every request that sends the same text."""
 
-    __slots__ = ("_aad",)
+    __slots__ = ("_aad", "_digest")
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("an encryption context is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
 
     @property
     def aad(self) -> bytes:
@@ -35,11 +44,27 @@ class Context(dict):
             self._aad = _canonical_bytes(self)
             return self._aad
 
+    @property
+    def digest(self) -> str:
+        """``context_digest`` of the AAD."""
+        try:
+            return self._digest
+        except AttributeError:
+            self._digest = context_digest(self.aad)
+            return self._digest
+
 
 def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
-    """Parse the JSON-string form.  ``None`` or an empty string means no context."""
+    """Parse the JSON-string form.  ``None`` or an empty string means no context.
+
+    An application sends the same few contexts over and over: the last ones parsed are remembered by their
+    text (short ones only, emptied when full), so that a repeated one is neither parsed nor canonicalised again.
+    """
     if text is None or text == "":
-        return Context()
+        return NO_CONTEXT
+    context = _recent_contexts.get(text)
+    if context is not None:
+        return context
     if len(text) > MAX_CONTEXT_CHARS:
         raise InvalidParameter(name, f"It must not exceed {MAX_CONTEXT_CHARS} characters.")
     try:
@@ -47,7 +72,16 @@ def parse_context(text: str | None, name: str = "EncryptionContext") -> Context:
     except (ValueError, RecursionError):
         raise InvalidParameter(name, "It must be a JSON object of string keys to string values.") from None
     # The canonical form of a JSON text is never longer than the text, so its length needs no new check.
-    return validate_context(value, name, check_length=False)
+    context = validate_context(value, name, check_length=False)
+    if len(text) <= MAX_REMEMBERED_CONTEXT_CHARS:
+        if len(_recent_contexts) >= MAX_REMEMBERED_CONTEXTS:
+            _recent_contexts.clear()
+        _recent_contexts[text] = context
+    return context
+
+
+NO_CONTEXT = Context()
+_recent_contexts: dict[str, Context] = {}  # JSON text -> its context, for the contexts parse_context saw last
 
 
 def validate_context(value: object, name: str = "EncryptionContext", check_length: bool = True) -> Context:
@@ -71,6 +105,17 @@ def canonical_aad(context: Mapping[str, str]) -> bytes:
     if isinstance(context, Context):
         return context.aad
     return _canonical_bytes(context)
+
+
+def context_digest(aad: bytes | None) -> str:
+    """Hex SHA-256 of the canonical encryption-context bytes; ``""`` when there was none.
+
+    An absent context equals ``{}`` everywhere in the service, so the canonical empty context (``b"{}"``)
+    also gives ``""``.  The audit trail records it: it correlates requests without recording the context.
+    """
+    if aad is None or aad == b"" or aad == EMPTY_AAD:
+        return ""
+    return hashlib.sha256(aad).hexdigest()
 
 
 def _canonical_bytes(context: Mapping[str, str]) -> bytes:

@@ -10,8 +10,9 @@ it), so the stages add up to the request.  The wrappers cost a few microseconds 
 says where the time goes; ``run.py``'s CPU per request through the server is the figure to compare with the
 targets.  Nothing here touches the production server: the wrappers exist only in this process.
 
-``--keys K`` creates K keys first (CreateKey through the same application) and names a random one in each
-GenerateDataKey, the shape of ``run.py``'s 10,000-key runs.
+``--keys K`` then creates K keys (CreateKey through the same application), restarts the application as
+``run.py`` restarts the server, and names a random one in each GenerateDataKey, the shape of ``run.py``'s
+10,000-key runs; a run naming one key on that same application follows, to compare with.
 """
 
 from __future__ import annotations
@@ -164,8 +165,12 @@ def profile(app, deployment, action: str, params_list: list[dict[str, str]]) -> 
 
 def build(work: Path):
     deployment = bench.Deployment.create(work / "deployment")
-    settings = settings_module.load(deployment.config, environ={})
-    return deployment, worker_app(settings)
+    return deployment, start(deployment)
+
+
+def start(deployment):
+    """The worker's application on ``deployment``, as a (re)started worker builds it: caches warmed."""
+    return worker_app(settings_module.load(deployment.config, environ={}))
 
 
 def create_keys(app, deployment, count: int) -> list[str]:
@@ -189,14 +194,24 @@ def breakdown(requests: int = 3000, keys: int = 0) -> dict:
             blob = json.loads(call(app, line)[1])["CiphertextBlob"]
             result["Decrypt"] = profile(app, deployment, "Decrypt", [bench.Bench.decrypt_params(blob)] * requests)
             if keys:
+                # As run.py does: create the keys, then restart (a worker warms its caches as it starts), so the
+                # run measures serving many keys, not loading them.
                 key_ids = create_keys(app, deployment, keys)
+                close(app)
+                app = start(deployment)
                 rng = random.Random(7)
                 result[f"GenerateDataKey, {keys} keys"] = profile(
                     app, deployment, "GenerateDataKey", [gdk(rng.choice(key_ids)) for _ in range(requests)])
+                result[f"GenerateDataKey, 1 of {keys} keys"] = profile(
+                    app, deployment, "GenerateDataKey", [gdk("alias/dev")] * requests)
             return result
         finally:
-            app.close()
-            app.runtime.close()
+            close(app)
+
+
+def close(app) -> None:
+    app.close()
+    app.runtime.close()
 
 
 def table(result: dict) -> str:

@@ -25,9 +25,9 @@ from hsmkms.audit import (
     MAX_FIELD_CHARS,
     AuditLog,
     AuditRecord,
-    context_digest,
     utc_timestamp,
 )
+from hsmkms.service.context import context_digest
 from tests.equivalence import EQUIVALENCE, outcome
 
 # The documented set, spelled out: adding a field to AuditRecord must be a deliberate change to this test.

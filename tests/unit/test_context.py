@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hsmkms.errors import InvalidParameter
+from hsmkms.service import context as context_module
 from hsmkms.service.context import (
     EMPTY_AAD,
     MAX_CONTEXT_CHARS,
@@ -170,8 +171,37 @@ def test_validate_context_limits_canonical_length():
         validate_context({"k": "v" * (8193 - len('{"k":""}'))})
 
 
-def test_validate_context_returns_a_copy():
+def test_validate_context_returns_a_read_only_copy():
     source = {"a": "1"}
     result = validate_context(source)
-    result["b"] = "2"
-    assert source == {"a": "1"}
+    source["b"] = "2"
+    assert result == {"a": "1"}
+    for mutate in (lambda c: c.__setitem__("b", "2"), lambda c: c.__delitem__("a"), lambda c: c.update(b="2"),
+                   lambda c: c.pop("a"), lambda c: c.popitem(), lambda c: c.setdefault("b", "2"), lambda c: c.clear(),
+                   lambda c: c.__ior__({"b": "2"})):
+        with pytest.raises(TypeError):
+            mutate(result)
+    assert result == {"a": "1"}
+
+
+def test_a_repeated_context_text_is_parsed_once():
+    text = '{"app":"remembered","n":"1"}'
+    first = parse_context(text)
+    assert parse_context(text) is first
+    assert canonical_aad(first) == b'{"app":"remembered","n":"1"}'
+
+
+def test_remembered_contexts_are_bounded_in_number_and_length(monkeypatch):
+    monkeypatch.setattr(context_module, "_recent_contexts", {})
+    for n in range(context_module.MAX_REMEMBERED_CONTEXTS + 10):
+        parse_context(f'{{"n":"{n}"}}')
+    assert 0 < len(context_module._recent_contexts) <= context_module.MAX_REMEMBERED_CONTEXTS
+    long_text = '{"a":"' + "x" * context_module.MAX_REMEMBERED_CONTEXT_CHARS + '"}'
+    assert parse_context(long_text) == {"a": "x" * context_module.MAX_REMEMBERED_CONTEXT_CHARS}
+    assert long_text not in context_module._recent_contexts
+
+
+def test_an_invalid_context_is_refused_every_time():
+    for _ in range(2):
+        with pytest.raises(InvalidParameter):
+            parse_context('{"a":1}')

@@ -26,10 +26,12 @@ from hsmkms.api.auth import (
     pct,
     v1_signature,
     v1_string_to_sign,
+    v1_string_to_sign_as_sent,
     v3_canonical_request,
     v3_signature,
     v3_string_to_sign,
 )
+from hsmkms.api.params import merge, parse_pairs
 from hsmkms.errors import (
     IllegalTimestamp,
     IncompleteSignature,
@@ -37,6 +39,7 @@ from hsmkms.errors import (
     InvalidParameter,
     InvalidTimeStampExpired,
     MissingParameter,
+    ParseRequestParameterException,
     SignatureDoesNotMatch,
     SignatureNonceUsed,
     StsTokenNotSupported,
@@ -356,6 +359,101 @@ def test_v1_string_to_sign_same_as_before(method, params):
 def test_v3_canonical_request_same_as_before(query, headers, signed_headers):
     args = ("POST", "/", query, headers, signed_headers, EMPTY_SHA256)
     assert outcome(v3_canonical_request, *args) == outcome(reference_v3_canonical_request, *args)
+
+
+# --- the V1 string to sign from the fields as sent -------------------------------------------------------
+
+
+def canonical_fields(params: dict[str, str]) -> list[str]:
+    return [f"{reference_pct(k)}={reference_pct(v)}" for k, v in params.items() if k != "Signature"]
+
+
+def decoded(encoded: tuple[str, ...]) -> dict[str, str]:
+    return merge(*(parse_pairs(text.encode("ascii")) for text in encoded))
+
+
+def without_signature(params: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if k != "Signature"}
+
+
+# Valid text only (a lone surrogate cannot be sent), names that no other name starts with followed by a character
+# that sorts before '=' ('.', '-', digits): with those the fields as sent sort differently (covered below).
+encodable = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+plain_names = st.text(st.sampled_from("ABCKXYZabkxyz_~"), min_size=1, max_size=10)
+
+
+@EQUIVALENCE
+@given(st.sampled_from(["GET", "POST"]), st.dictionaries(st.one_of(st.sampled_from(V1_NAMES), plain_names),
+                                                       encodable, max_size=14), st.randoms(), st.integers(0, 14))
+@example("GET", {**OFFICIAL_V1_PARAMS, "Signature": "x"}, None, 3)
+def test_v1_string_to_sign_as_sent_is_the_canonical_one_for_canonical_fields(method, params, rng, split):
+    """Any order, empty fields, the Signature field anywhere, the fields shared between query and body."""
+    fields = canonical_fields(params) + ["", "", f"Signature={reference_pct(params.get('Signature', 'sig'))}"]
+    if rng is not None:
+        rng.shuffle(fields)
+    encoded = ("&".join(fields[:split]), "&".join(fields[split:]))
+    assert v1_string_to_sign_as_sent(method, encoded) == reference_v1_string_to_sign(method, params)
+    assert without_signature(decoded(encoded)) == without_signature(params)
+
+
+@pytest.mark.parametrize("sent, meant", [
+    ("KeyId=alias%2Fmy+key", {"KeyId": "alias/my key"}),  # '+' for a space, as form encoding has it
+    ("KeyId=alias%2fmy%20key", {"KeyId": "alias/my key"}),  # a lower-case escape
+    ("KeyId=alias/my%20key", {"KeyId": "alias/my key"}),  # an unescaped '/'
+    ("Key%49d=a", {"KeyId": "a"}),  # an unreserved character escaped
+    ("KeyId", {"KeyId": ""}),  # no '='
+    ("Signatur%65=abc&KeyId=a", {"Signature": "abc", "KeyId": "a"}),  # the Signature name escaped
+    ("Tag.1=a&Tag=b", {"Tag": "b", "Tag.1": "a"}),  # sorted as sent, "Tag.1=" comes before "Tag="
+])
+def test_v1_fields_sent_otherwise_give_another_string_that_the_canonical_one_then_verifies(sent, meant):
+    assert decoded((sent,)) == meant
+    assert v1_string_to_sign_as_sent("GET", (sent,)) != v1_string_to_sign("GET", meant)
+
+
+RAW_CHARACTERS = "aK=&%+2F3D5e.~-_:/ "
+
+
+@EQUIVALENCE
+@given(st.lists(st.text(st.sampled_from(RAW_CHARACTERS), max_size=24), min_size=1, max_size=2))
+@example(["KeyId=alias%2Fdev&Action=Decrypt"])
+@example(["a=%3D&b=%26", "c=%25"])
+def test_v1_string_to_sign_as_sent_never_stands_for_other_parameters(texts):
+    """Whatever was sent: when the string from the fields as sent is the canonical string of what they decode
+    to, each field is exactly pct(name)=pct(value) of one of those parameters -- no other parameters share it."""
+    encoded = tuple(texts)
+    try:
+        params = decoded(encoded)
+    except (ParseRequestParameterException, InvalidParameter):
+        return
+    if v1_string_to_sign_as_sent("POST", encoded) == v1_string_to_sign("POST", params):
+        sent = sorted(f for text in encoded for f in text.split("&") if f and not f.startswith("Signature="))
+        assert sent == sorted(canonical_fields(params))
+
+
+def test_v1_request_encoded_otherwise_passes_through_the_canonical_string(auth):
+    request = v1_request()
+    as_form = "&".join(f"{quote(k, safe='')}={quote(v, safe='').replace('%20', '+')}"
+                       for k, v in request.params.items())
+    assert "+" in as_form  # KeyId "alias/my key"
+    sent = SignedRequest("POST", "/", [], request.params, {}, b"", (as_form,))
+    assert auth.authenticate(sent).access_key_id == "AK"
+
+
+def test_v1_request_encoded_canonically_passes(auth):
+    request = v1_request()
+    canonical = "&".join(f"{pct(k)}={pct(v)}" for k, v in request.params.items())
+    sent = SignedRequest("POST", "/", [], request.params, {}, b"", (canonical,))
+    assert auth.authenticate(sent).access_key_id == "AK"
+
+
+def test_v1_fields_as_sent_cannot_carry_parameters_the_signature_did_not_cover(auth):
+    """The fields as sent are what is decoded: a field added to them fails whichever string is checked."""
+    request = v1_request()
+    canonical = "&".join(f"{pct(k)}={pct(v)}" for k, v in request.params.items())
+    tampered = SignedRequest("POST", "/", [], {**request.params, "NumberOfBytes": "1"}, {}, b"",
+                             (canonical + "&NumberOfBytes=1",))
+    with pytest.raises(SignatureDoesNotMatch):
+        auth.authenticate(tampered)
 
 
 # --- parse_v3_authorization ----------------------------------------------------------------------------
