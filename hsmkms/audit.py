@@ -5,7 +5,7 @@ key version, a SHA-256 of the encryption context), and how it ended (error code,
 has no field for plaintexts, data keys, secrets, signatures or the PIN, so none can leak into the trail.
 
 Writing: :meth:`AuditLog.record` puts the record on a bounded queue and returns at once; a background thread
-formats and writes what has gathered, every few milliseconds.  A request therefore never waits on disk
+formats and writes what has gathered, every tenth of a second.  A request therefore never waits on disk
 I/O; if the writer falls so far behind that the queue is full, the record is dropped, counted in
 ``AuditLog.dropped`` and reported by one warning per burst on the ``hsmkms.audit`` logger.  The audit lines
 themselves never pass through a :class:`logging.Logger`, so they cannot reach the root logger's handlers.
@@ -46,7 +46,9 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 10_000
-WRITE_INTERVAL_S = 0.02
+# Each wake-up of the writer takes the GIL from the request thread and the CPU's caches with it: waking every
+# 100 ms instead of 20 ms saved 5 µs of the request thread's CPU a request (alternating in-process runs).
+WRITE_INTERVAL_S = 0.1
 MAX_FIELD_CHARS = 256  # a client controls some fields (Action); a junk request must not write a 64 KB line
 FILE_MODE = 0o600
 
