@@ -107,7 +107,7 @@ class Wildcard:
     on a 60 KB resource made of colons, which any caller can name as a KeyId.
     """
 
-    __slots__ = ("pattern", "_pieces", "_everything")
+    __slots__ = ("pattern", "_pieces", "everything")
 
     def __init__(self, pattern: str, *, ignore_case: bool = False):
         flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
@@ -115,10 +115,10 @@ class Wildcard:
         # Each piece is a fixed-length regex ('?' is '.', every other character itself), so no backtracking.
         self._pieces = [(re.compile(re.escape(piece).replace(r"\?", "."), flags), len(piece))
                         for piece in pattern.split("*")]
-        self._everything = pattern != "" and set(pattern) == {"*"}  # "*" (or "**"): the usual Resource
+        self.everything = pattern != "" and set(pattern) == {"*"}  # "*" (or "**"): the usual Resource
 
     def matches(self, text: str) -> bool:
-        if self._everything:
+        if self.everything:
             return True
         if len(self._pieces) == 1:
             return self._pieces[0][0].fullmatch(text) is not None
@@ -170,6 +170,10 @@ class Statement:
     def matches_resource(self, resource: str) -> bool:
         return any(pattern.matches(resource) for pattern in self._resource_patterns)
 
+    @property
+    def matches_every_resource(self) -> bool:
+        return any(pattern.everything for pattern in self._resource_patterns)
+
 
 def qualified(action: str) -> str:
     """``kms:Decrypt`` for ``Decrypt`` (or for ``kms:Decrypt`` in any case)."""
@@ -213,10 +217,9 @@ class Policy:
     statements: tuple[Statement, ...]
     document: str  # canonical JSON of the document as given; see to_json()
     _memory: _DecisionMemory = field(default_factory=_DecisionMemory, init=False, repr=False, compare=False)
-    # (Deny statements, Allow statements) whose Action matches, by action: the decision for a key not
-    # remembered (many keys overflow the memory) then only matches resources.
-    _by_action: dict[str, tuple[tuple[Statement, ...], tuple[Statement, ...]]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+    # The statements whose Action matches, by action: a decision not remembered (many keys overflow the memory)
+    # then only matches resources, and none is needed when the action is allowed on every resource.
+    _by_action: dict[str, _ActionStatements] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def to_json(self) -> str:
         """Canonical pretty JSON (sorted keys, two-space indent) of the original document; parses back equal."""
@@ -232,6 +235,8 @@ class Policy:
             raise TypeError("resources must be a sequence of strings, not a string")
         if not resources:
             raise ValueError("a request touches at least one resource")
+        if self._statements_for(action).allowed_everywhere:
+            return _ALLOWED
         # A policy never changes (a new document is a new Policy), so its decisions can be remembered.
         key = (action, *resources)
         decision = self._memory.get(key)
@@ -241,7 +246,8 @@ class Policy:
         return decision
 
     def _decide(self, action: str, resources: Sequence[str]) -> Decision:
-        denies, allows = self._statements_for(action)
+        statements = self._statements_for(action)
+        denies, allows = statements.denies, statements.allows
         for resource in resources:
             if any(s.matches_resource(resource) for s in denies):
                 return Decision(False, resource)
@@ -250,16 +256,28 @@ class Policy:
                 return Decision(False, resource)
         return _ALLOWED
 
-    def _statements_for(self, action: str) -> tuple[tuple[Statement, ...], tuple[Statement, ...]]:
-        split = self._by_action.get(action)
-        if split is None:
+    def _statements_for(self, action: str) -> _ActionStatements:
+        statements = self._by_action.get(action)
+        if statements is None:
             name = qualified(action)
             relevant = [s for s in self.statements if s.matches_action(name)]
-            split = (tuple(s for s in relevant if s.effect == "Deny"),
-                     tuple(s for s in relevant if s.effect == "Allow"))
+            denies = tuple(s for s in relevant if s.effect == "Deny")
+            allows = tuple(s for s in relevant if s.effect == "Allow")
+            statements = _ActionStatements(
+                denies, allows, allowed_everywhere=not denies and any(s.matches_every_resource for s in allows))
             if len(self._by_action) < MAX_ACTIONS_SPLIT:  # callers name actions from a fixed table; bound it anyway
-                self._by_action[action] = split
-        return split
+                self._by_action[action] = statements
+        return statements
+
+
+@dataclass(frozen=True)
+class _ActionStatements:
+    """A policy's statements that apply to one action."""
+
+    denies: tuple[Statement, ...]
+    allows: tuple[Statement, ...]
+    # No Deny applies and an Allow covers every resource ("*"): allowed whatever the request touches.
+    allowed_everywhere: bool
 
 
 # --- which resources exist: the ARNs this service checks, as an automaton -----------------------------------

@@ -423,8 +423,30 @@ def test_requests_longer_than_any_arn_are_decided_but_not_remembered():
         assert policy.evaluate("Decrypt", [huge]) == Decision(False, huge)
         assert policy.evaluate("Encrypt", [APP_KEY, huge]) == Decision(True)
     assert policy._memory.size == (0, 0)
-    policy.evaluate("DescribeKey", [APP_KEY])
+    policy.evaluate("Decrypt", [APP_KEY])
     assert policy._memory.size[0] == 1
+
+
+def test_an_action_allowed_on_every_resource_needs_no_decision_per_resource():
+    policy = parse_policy('{"Version": "1", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}]}')
+    for n in range(5_000):  # more keys than the memory holds
+        assert policy.evaluate("GenerateDataKey", [f"{ACCOUNT}:key/{uuid.UUID(int=n)}"]) == Decision(True)
+    assert policy._memory.size == (0, 0)
+
+
+@pytest.mark.parametrize("action, resources, expected", [
+    ("DescribeKey", [APP_KEY], Decision(True)),  # the Allow on "*", no Deny for it
+    ("Decrypt", [APP_KEY], Decision(False, APP_KEY)),  # a Deny on "*" applies
+    ("kms:GenerateDataKeyWithoutPlaintext", [OTHER_KEY, APP_KEY], Decision(False, OTHER_KEY)),
+])
+def test_a_deny_on_every_resource_still_decides(action, resources, expected):
+    assert parse_policy(OPERATOR_POLICY).evaluate(action, resources) == expected
+
+
+def test_an_allow_on_some_resources_is_decided_per_resource():
+    policy = parse_policy(APP_POLICY)
+    assert policy.evaluate("Decrypt", [APP_KEY]) == Decision(True)
+    assert policy.evaluate("Decrypt", [OTHER_KEY]) == Decision(False, OTHER_KEY)
 
 
 def test_remembered_decisions_stay_within_their_byte_budget_in_real_memory(monkeypatch):
