@@ -168,7 +168,12 @@ class MeteredHsm:
         return self._backend.ping(canary_id)
 
     def random(self, length: int) -> bytes:
-        return self._timed("random", self._backend.random, length)
+        # A draw from the backend's pool is not an HSM operation: only the refills that reach the token count.
+        drawn = self._backend.pooled_random(length)
+        return drawn if drawn is not None else self._timed("random", self._backend.random, length)
+
+    def pooled_random(self, length: int) -> bytes | None:
+        return self._backend.pooled_random(length)
 
     def create_aes_key(self, object_id: str, label: str) -> None:
         self._timed("create_key", self._backend.create_aes_key, object_id, label)

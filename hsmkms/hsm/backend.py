@@ -86,7 +86,10 @@ class HsmBackend(Protocol):
         """True when the token serves: a real GCM encrypt and decrypt with the key ``canary_id`` (cached briefly)."""
 
     def random(self, length: int) -> bytes:
-        """``length`` bytes from the token's RNG (C_GenerateRandom)."""
+        """``length`` bytes from the token's RNG (C_GenerateRandom), possibly through a pool refilled from it."""
+
+    def pooled_random(self, length: int) -> bytes | None:
+        """``random(length)`` if it can be served without calling the token, else None."""
 
     def create_aes_key(self, object_id: str, label: str) -> None:
         """Generate a persistent, sensitive, non-extractable AES-256 key in the token."""

@@ -2,24 +2,28 @@
 
 A nonce must be refused on every worker once any worker accepted it, and remembered for as long as a
 request carrying it could still pass the clock check.  The store is one file holding a hash table of
-PAGE_BYTES pages, read and written with pread/pwrite under an exclusive file lock.  A claim is five
-system calls: lock, check that the file is still the one at its path, read the nonce's page, write it
-back, unlock.
+PAGE_BYTES pages, read and written with pread/pwrite under an exclusive file lock.  A claim is four
+system calls: lock, read the nonce's page, write it back, unlock.
 
 - A nonce is kept as an 8-byte digest of (AccessKeyId, nonce), keyed with a random key from the file's
   header so that nobody can choose nonces that crowd one page.  The digest also picks its home page.
 - A slot holds a digest and the second until which it is remembered: the end of the request's window plus
   CLOCK_STEP_GRACE_S.  A slot whose second has passed is free again.  A page fills its slots in turn, and
   when the next one is still in use, its first free one.  There is no pruning pass, and the file never
-  grows past its table.
+  grows past its table.  It is made at its full size at once (sparse: a page takes disk space when first
+  written), so that every page reads whole.
 - When its home page has no free slot, a nonce goes to one of the next MAX_SPILL_PAGES pages, and the home
   page records how far its nonces spilled: a lookup reads that far.
 - A table too full even for that is a StoreError (answered 503).  The size is set by
   ``[auth] nonce_table_mib``: 1 MiB has 86,000 slots, and the first refusal came at 88-97% of them in
   tests.  The default, 128 MiB, holds about 9.5 million nonces: 10,000 requests a second for a 15-minute
   window.  The size is fixed in the file when it is made; ``resize`` (which ``hsmkms serve`` runs before
-  its workers start) carries every live nonce over to a new file of the configured size, and a process
-  that still had the old file open moves to the new one at its next claim.
+  its workers start) carries every live nonce over to a new file of the configured size, then truncates the
+  old one to nothing: a process that still had the old file open finds its page read short at its next
+  claim, and moves to the new file before it claims.  A file deleted or replaced otherwise (by hand, or a
+  resize that crashed before the truncation) is noticed within FILE_CHECK_INTERVAL_S, when a claim checks
+  that its file is still the one at the path: one fstat a second, not one a claim (an fstat cost a claim
+  about 4 µs, almost a third of it).
 - There is no memory map: the pages live in the OS page cache, not in the workers.  Their resident memory
   stays flat however many requests they serve, and a full disk is an error from pwrite, not a SIGBUS.  The
   file is sparse and takes disk space as its pages are first used.
@@ -69,6 +73,7 @@ MAX_UNTIL = 0xFFFF_FFFF  # 2106: the second until which a nonce is kept fits in 
 # Kept this long past its window: a worker whose clock reading is a little behind another's (or a clock
 # stepped back) must still find it.
 CLOCK_STEP_GRACE_S = 30
+FILE_CHECK_INTERVAL_S = 1.0
 BUSY_TIMEOUT_S = 5.0
 BUSY_RETRY_S = 0.00005
 SCAN_BATCH_PAGES = 4096
@@ -87,6 +92,7 @@ class NonceStore:
         self._pid = 0
         self._pages = 0
         self._key = b""
+        self._check_file_after = 0.0  # monotonic time after which a claim checks that the file is still ours
         _stores.add(self)
 
     def claim(self, access_key_id: str, nonce: str, now: float, expires: float) -> bool:
@@ -97,12 +103,17 @@ class NonceStore:
         until = min(max(int(expires) + CLOCK_STEP_GRACE_S, 1), MAX_UNTIL)
         try:
             with self._lock:
-                fd = self._current_file_locked()
-                try:
-                    digest = hashlib.blake2b(data, key=self._key, digest_size=8).digest()
-                    return _claim(fd, self._pages, digest, max(int(now), 1), until)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                for check in (False, True):
+                    fd = self._current_file_locked(check)
+                    try:
+                        digest = hashlib.blake2b(data, key=self._key, digest_size=8).digest()
+                        return _claim(fd, self._pages, digest, max(int(now), 1), until)
+                    except _FileRetired:
+                        pass
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                    self._drop_file()  # a resize replaced it: the table is in the file at the path now
+                raise StoreError("the file was replaced twice during one claim")
         except (OSError, StoreError) as exc:
             raise StoreError(f"nonce store {self.path}: {exc}") from exc
 
@@ -121,10 +132,11 @@ class NonceStore:
                     staging.unlink(missing_ok=True)
                     new_fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                     try:
-                        _write_header(new_fd, self.table_pages, self._key)
+                        _make_table(new_fd, self.table_pages, self._key)
                         for digest, until in _live(fd, self._pages, now):
                             _claim(new_fd, self.table_pages, digest, now, until)
                         os.replace(staging, self.path)
+                        os.ftruncate(fd, 0)  # retired: another process using it sees that at its next read
                     except BaseException:
                         os.close(new_fd)
                         staging.unlink(missing_ok=True)
@@ -133,6 +145,7 @@ class NonceStore:
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
                 self._fd, self._pages = new_fd, self.table_pages
+                self._check_file_after = time.monotonic() + FILE_CHECK_INTERVAL_S
                 return True
         except (OSError, StoreError) as exc:
             raise StoreError(f"nonce store {self.path}: cannot resize the table: {exc}") from exc
@@ -169,19 +182,30 @@ class NonceStore:
                 os.close(self._fd)
             self._fd, self._pid = -1, 0
 
-    def _current_file_locked(self) -> int:
+    def _current_file_locked(self, check: bool = True) -> int:
         """This process's descriptor of the file, with the file lock taken.  When the file was replaced (a
         resize by another process) or deleted since this process opened it, the one now at the path is
-        opened instead: every process must use the same table.  Called with the thread lock held."""
+        opened instead: every process must use the same table.  Without ``check`` (a claim, which notices a
+        file retired by a resize in its read), that is checked only every FILE_CHECK_INTERVAL_S.  Called with
+        the thread lock held."""
         while True:
             # A forked child starts without a descriptor (_forget_after_fork): no getpid() per claim.
             fd = self._fd if self._fd >= 0 else self._open()
             _lock_file(fd)
-            if os.fstat(fd).st_nlink:
+            now = time.monotonic()
+            if not check and now < self._check_file_after:
+                return fd
+            status = os.fstat(fd)
+            if status.st_nlink and status.st_size:  # still at the path, and not truncated by a resize
+                self._check_file_after = now + FILE_CHECK_INTERVAL_S
                 return fd
             fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-            self._fd, self._pid = -1, 0
+            self._drop_file()
+
+    def _drop_file(self) -> None:
+        """Close this process's descriptor (of a file no longer at the path); the next use opens the path."""
+        os.close(self._fd)
+        self._fd, self._pid = -1, 0
 
     def _open(self) -> int:
         """Open the file for this process.  A forked child opens its own: a file lock belongs to the open
@@ -193,16 +217,19 @@ class NonceStore:
                 magic, pages, key = FILE_HEADER.unpack(os.pread(fd, FILE_HEADER.size, 0).ljust(FILE_HEADER.size))
                 if magic == FILE_MAGIC and 1 <= pages <= MAX_TABLE_PAGES:
                     self._pages, self._key = pages, key
+                    if os.fstat(fd).st_size < _file_bytes(pages):  # made before tables were made whole
+                        os.ftruncate(fd, _file_bytes(pages))
                 else:  # new, or not a table of ours: it only ever held nonces, so it starts afresh
                     self._pages, self._key = self.table_pages, secrets.token_bytes(32)
                     os.ftruncate(fd, 0)
-                    _write_header(fd, self._pages, self._key)
+                    _make_table(fd, self._pages, self._key)
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
             os.close(fd)
             raise
         self._fd, self._pid = fd, os.getpid()
+        self._check_file_after = time.monotonic() + FILE_CHECK_INTERVAL_S
         return fd
 
     def _forget_after_fork(self) -> None:
@@ -253,9 +280,16 @@ def _claim_spilled(fd: int, home: int, home_page: bytes, digest: bytes, now: int
                      "(raise [auth] nonce_table_mib)")
 
 
+class _FileRetired(Exception):
+    """A page read short: the file was truncated, as a resize does to the file it replaced."""
+
+
 def _read(fd: int, index: int) -> bytes:
     """Table page ``index``."""
-    return _checked(os.pread(fd, PAGE_BYTES, (1 + index) * PAGE_BYTES))
+    page = os.pread(fd, PAGE_BYTES, (1 + index) * PAGE_BYTES)
+    if len(page) != PAGE_BYTES:
+        raise _FileRetired()
+    return _checked(page)
 
 
 def _checked(page: bytes) -> bytes:
@@ -272,8 +306,15 @@ def _write(fd: int, index: int, page: bytes) -> None:
         raise OSError("short write")
 
 
-def _write_header(fd: int, table_pages: int, key: bytes) -> None:
+def _file_bytes(table_pages: int) -> int:
+    """The size of a file with a table of ``table_pages``: its header, the table, the pages spills may reach."""
+    return (1 + table_pages + MAX_SPILL_PAGES) * PAGE_BYTES
+
+
+def _make_table(fd: int, table_pages: int, key: bytes) -> None:
+    """Write the header of an empty table, and give the file its whole size (sparse)."""
     _write(fd, -1, FILE_HEADER.pack(FILE_MAGIC, table_pages, key).ljust(PAGE_BYTES, b"\0"))
+    os.ftruncate(fd, _file_bytes(table_pages))
 
 
 def _find(page: bytes, digest: bytes) -> int:

@@ -646,17 +646,27 @@ class Bench:
         keys = created or ["alias/dev"]
         started = time.monotonic()
         # Decrypt blobs for every key when there is time for it (about 1 s per 1,500 keys), else a sample.
-        room = self.budget.left() - 2 * (WARMUP_S + RUN_S + 15) - 30 - CLUSTER_RESERVE_S
+        room = self.budget.left() - 4 * (WARMUP_S + RUN_S + 15) - 30 - CLUSTER_RESERVE_S
         wanted = len(keys) if room > len(keys) / 500 else min(len(keys), 2000)
         sample = keys if wanted >= len(keys) else random.sample(keys, wanted)
         blobs = self.seed_blobs(client, sample)
         self.results["many_keys_seed"] = {"blobs": len(blobs), "seconds": round(time.monotonic() - started, 1)}
+        one_key_blobs = self.seed_blobs(client, ["alias/dev"] * 32)
         rng = random.Random(7)
         runs = self.results.setdefault("many_keys_runs", {})
+        # Each run over 10,000 keys is followed by the same requests naming one key, on the same server: the
+        # ratio of the two is what the number of keys costs.  The 1-key runs at the start of the benchmark are
+        # no yardstick for it: by now the same 1-key requests cost up to 9% more CPU (measured), whatever the
+        # number of keys.
+        one_key = self.results.setdefault("one_key_after_many_keys", {})
         runs["GenerateDataKey"] = self.measure(server, "GenerateDataKey-10k", "GenerateDataKey",
                                                lambda i: self.gdk_params(rng.choice(keys)))
+        one_key["GenerateDataKey"] = self.measure(server, "GenerateDataKey-1-key-after", "GenerateDataKey",
+                                                  lambda i: self.gdk_params("alias/dev"))
         runs["Decrypt"] = self.measure(server, "Decrypt-10k", "Decrypt",
                                        lambda i: self.decrypt_params(rng.choice(blobs)))
+        one_key["Decrypt"] = self.measure(server, "Decrypt-1-key-after", "Decrypt",
+                                          lambda i: self.decrypt_params(one_key_blobs[i % len(one_key_blobs)]))
         return server
 
 
@@ -813,10 +823,12 @@ def verdicts(results: dict) -> list[dict]:
             "detail": f"{run['rps']:.0f} / {bare:.0f} = {ratio:.2f}, {run['errors']} errors",
         })
         cpu = run.get("server_cpu_us_per_request")
+        # The target is absolute; the multiple of bare is what compares across machines of different speed.
+        bare_cpu = results.get("bare", {}).get("server_cpu_us_per_request")
         checks.append({
             "target": f"{action} server CPU per request <= {TARGETS['server_cpu_us']:.0f} us",
             "pass": cpu is not None and cpu <= TARGETS["server_cpu_us"],
-            "detail": f"{cpu} us (bare {results.get('bare', {}).get('server_cpu_us_per_request')} us)",
+            "detail": f"{cpu} us (bare {bare_cpu} us{f', {cpu / bare_cpu:.2f} x bare' if cpu and bare_cpu else ''})",
         })
     if "Encrypt" in runs:
         runs["Encrypt"]["ratio_to_bare"] = round(runs["Encrypt"]["rps"] / bare, 3) if bare else 0.0
@@ -827,20 +839,26 @@ def verdicts(results: dict) -> list[dict]:
             "detail": f"p99 {run['p99_ms']} ms (p50 {run['p50_ms']} ms)",
         })
     many = results.get("many_keys_runs", {})
+    one_key_after = results.get("one_key_after_many_keys", {})
     total_keys = results.get("key_creation", {}).get("total_keys", 0)
     for action in ("GenerateDataKey", "Decrypt"):
-        one, lots = runs.get(action), many.get(action)
+        one, lots = one_key_after.get(action), many.get(action)
         if not one or not lots:
             checks.append({"target": f"{action} with {MANY_KEYS} keys >= {TARGETS['many_keys_ratio']} x 1 key",
                            "pass": False, "detail": "not measured"})
             continue
         ratio = lots["rps"] / one["rps"] if one["rps"] else 0.0
         lots["ratio_to_one_key"] = round(ratio, 3)
+        first = runs.get(action)
+        if first and first["rps"]:
+            lots["ratio_to_first_one_key_run"] = round(lots["rps"] / first["rps"], 3)
         checks.append({
             "target": f"{action} with {MANY_KEYS} keys >= {TARGETS['many_keys_ratio']} x 1 key",
-            "pass": ratio >= TARGETS["many_keys_ratio"] and total_keys >= MANY_KEYS and lots["errors"] == 0,
-            "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys, "
-                      f"{lots['errors']} errors",
+            "pass": ratio >= TARGETS["many_keys_ratio"] and total_keys >= MANY_KEYS and lots["errors"] == 0
+                    and one["errors"] == 0,
+            "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys (1 key: the run "
+                      f"right after, same server; against the first 1-key run "
+                      f"{lots.get('ratio_to_first_one_key_run', 0):.2f}), {lots['errors']} errors",
         })
     for name, run in results.get("cluster_runs", {}).items():
         single = runs.get(name.split(",")[0])
@@ -868,11 +886,13 @@ def summary(results: dict) -> str:
                     f"{bare['errors']:>8}{1.0:>8.2f}")
     for group, suffix, ratio_key in (("runs", "", "ratio_to_bare"),
                                      ("many_keys_runs", f" ({MANY_KEYS:,} keys)", "ratio_to_one_key"),
+                                     ("one_key_after_many_keys", " (1 key, after)", ""),
                                      ("cluster_runs", "", "ratio_to_single_node")):
         for action, run in results.get(group, {}).items():
             rows.append(f"{action + suffix:<36}{run['rps']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
-                        f"{run['errors']:>8}{run.get(ratio_key, 0):>8.2f}")
-    rows.append(f"(ratio: to bare with 1 key; to the same action with 1 key with {MANY_KEYS:,} keys; for the "
+                        f"{run['errors']:>8}" + (f"{run.get(ratio_key, 0):>8.2f}" if ratio_key else ""))
+    rows.append(f"(ratio: to bare with 1 key; with {MANY_KEYS:,} keys, to the same action naming 1 key in the run "
+                f"right after it; for the "
                 f"cluster, {CLUSTER_NODES} nodes x {CLUSTER_WORKERS} worker behind HAProxy, to the single node)")
     before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
     if before and after:
@@ -908,6 +928,8 @@ def _all_runs(results: dict) -> list[tuple[str, dict]]:
     runs = [("bare", results["bare"])] if results.get("bare") else []
     runs += list(results.get("runs", {}).items())
     runs += [(f"{action} ({MANY_KEYS:,} keys)", run) for action, run in results.get("many_keys_runs", {}).items()]
+    runs += [(f"{action} (1 key, after them)", run)
+             for action, run in results.get("one_key_after_many_keys", {}).items()]
     runs += [(f"cluster {name}", run) for name, run in results.get("cluster_runs", {}).items()]
     return runs
 

@@ -71,7 +71,9 @@ def test_metrics_add_up_every_worker(observed):
     assert sample(metrics, "hsmkms_request_duration_seconds_count", action="GenerateDataKey") == 20
     assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="encrypt") >= 20
     assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="decrypt") >= 20
-    assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="random") >= 20
+    # The 20 data keys come from the workers' random pools, filled from the token as they started: `random`
+    # counts only the calls that reach the token, at most one refill a worker here.
+    assert sample(metrics, "hsmkms_hsm_operation_duration_seconds_count", operation="random") <= 2
 
 
 def test_made_up_actions_share_one_label(observed):

@@ -11,9 +11,12 @@ import pytest
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
+from prometheus_client import generate_latest
 
 from hsmkms.hsm.backend import DecryptionFailed, HsmKeyMissing
 from hsmkms.hsm.pkcs11 import Pkcs11Backend
+from hsmkms.hsm.pkcs11.backend import RANDOM_POOL_BYTES
+from hsmkms.metrics import MeteredHsm, Metrics
 from tests import tokens
 from tests.conftest import token_session
 
@@ -87,6 +90,22 @@ def test_random_comes_in_the_asked_length(hsm):
     values = {hsm.random(32) for _ in range(50)}
     assert len(values) == 50 and all(len(v) == 32 for v in values)
     assert len(hsm.random(1036)) == 1036
+
+
+def test_small_draws_come_from_the_pool_and_only_its_refills_are_metered(hsm):
+    metrics = Metrics(set())
+    metered = MeteredHsm(hsm, metrics)
+    assert hsm.pooled_random(RANDOM_POOL_BYTES // 8 + 1) is None  # too big for the pool: always the token
+    for _ in range(RANDOM_POOL_BYTES // 32 + 1):  # empty what earlier tests left in the pool
+        if hsm.pooled_random(32) is None:
+            break
+    assert hsm.pooled_random(32) is None
+    draws = [metered.random(32) for _ in range(100)]  # the first refills the pool; the other 99 draw from it
+    assert len(set(draws)) == 100 and all(len(draw) == 32 for draw in draws)
+    assert len(hsm.pooled_random(32)) == 32
+    metrics.flush()
+    published = generate_latest(metrics.registry).decode()
+    assert 'hsmkms_hsm_operation_duration_seconds_count{operation="random"} 1.0' in published
 
 
 def test_list_and_destroy(hsm):

@@ -116,7 +116,7 @@ def test_a_long_lived_nonce_does_not_keep_its_page_from_being_reused(tiny, path)
         now = NOW + round_ * (10 + KEPT)
         for i in range(SLOTS_PER_PAGE - 1):
             assert claim(tiny, f"short-{round_}-{i}", now=now, expires=now + 10)
-    assert path.stat().st_size == 2 * PAGE_BYTES  # the header and the one table page: nothing spilled
+    assert not any(path.read_bytes()[2 * PAGE_BYTES:])  # past the header and the table page: nothing spilled
     assert claim(tiny, "long", now=NOW + 5 * (10 + KEPT)) is False
 
 
@@ -210,12 +210,47 @@ def test_a_store_using_the_file_while_another_resizes_it_moves_to_the_new_file(p
         resizing.close()
 
 
-def test_a_deleted_file_is_made_again_and_shared(path):
+def test_a_resize_retires_the_old_file_by_truncating_it(path):
+    running = NonceStore(path, table_pages=4)
+    resizing = NonceStore(path, table_pages=8)
+    try:
+        assert claim(running, "before")
+        old_file = os.open(path, os.O_RDONLY)
+        try:
+            assert resizing.resize(NOW) is True
+            assert os.fstat(old_file).st_size == 0  # what the running store's next read shows at once
+        finally:
+            os.close(old_file)
+        assert path.stat().st_size == nonces_module._file_bytes(8)
+    finally:
+        running.close()
+        resizing.close()
+
+
+def test_a_file_is_made_at_its_whole_size_and_an_older_shorter_one_is_extended(path):
+    store = NonceStore(path, table_pages=4)
+    assert claim(store, "kept")
+    store.close()
+    assert path.stat().st_size == nonces_module._file_bytes(4)  # sparse: every page reads whole
+    with open(path, "r+b") as file:
+        file.truncate(PAGE_BYTES * 3)  # as tables were made before: the header and the pages written so far
+    reopened = NonceStore(path, table_pages=4)
+    try:
+        assert claim(reopened, "new")
+        assert path.stat().st_size == nonces_module._file_bytes(4)
+        assert reopened.count(NOW) >= 1 and not claim(reopened, "new")
+    finally:
+        reopened.close()
+
+
+def test_a_deleted_file_is_made_again_and_shared_within_the_check_interval(path, monkeypatch):
+    monkeypatch.setattr(nonces_module, "FILE_CHECK_INTERVAL_S", 0.2)
     running = NonceStore(path)
     try:
         assert claim(running, "a")
         path.unlink()  # by hand, while a worker has it open
         started_later = NonceStore(path)  # a worker started since: it makes a new file
+        time.sleep(0.25)  # a claim checks its file at most every FILE_CHECK_INTERVAL_S
         assert claim(running, "b")  # the running worker moved to that file ...
         assert not claim(started_later, "b")  # ... so the two still share one table
         started_later.close()

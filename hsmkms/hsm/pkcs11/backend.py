@@ -667,12 +667,28 @@ class Pkcs11Backend:
         if length > RANDOM_POOL_BYTES // 8:
             return self._call(lambda session: session.generate_random(length * 8))
         with self._pool_lock:
-            if self._pool_pid != os.getpid() or len(self._pool) - self._pool_used < length:
+            drawn = self._draw_pool(length)
+            if drawn is None:
                 self._pool = self._call(lambda session: session.generate_random(RANDOM_POOL_BYTES * 8))
                 self._pool_used, self._pool_pid = 0, os.getpid()
-            start = self._pool_used
-            self._pool_used += length
-            return self._pool[start:start + length]
+                drawn = self._draw_pool(length)
+            return drawn
+
+    def pooled_random(self, length: int) -> bytes | None:
+        """``random(length)`` when the pool holds enough, without a call to the token; else None (``random``
+        then refills it).  Lets the metrics count only the draws that reach the token."""
+        if length > RANDOM_POOL_BYTES // 8:
+            return None
+        with self._pool_lock:
+            return self._draw_pool(length)
+
+    def _draw_pool(self, length: int) -> bytes | None:
+        """The pool's next ``length`` bytes, or None when it has fewer (or is a parent process's).  Locked."""
+        if self._pool_pid != os.getpid() or len(self._pool) - self._pool_used < length:
+            return None
+        start = self._pool_used
+        self._pool_used += length
+        return self._pool[start:start + length]
 
     # AES-GCM goes through hsmkms's own C_Encrypt/C_Decrypt (``native``) on every token: python-pkcs11's
     # size query fails on NSS softoken, and the native path costs the same on SoftHSM (measured).
