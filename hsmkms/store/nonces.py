@@ -229,7 +229,8 @@ class NonceStore:
             os.close(fd)
             raise
         self._fd, self._pid = fd, os.getpid()
-        self._check_file_after = time.monotonic() + FILE_CHECK_INTERVAL_S
+        # Checked at once under the lock: a resize may have retired the file between its open and its lock.
+        self._check_file_after = 0.0
         return fd
 
     def _forget_after_fork(self) -> None:
