@@ -62,10 +62,17 @@ class WsgiFront:
     """An RSGI application serving the WSGI ``app``; bodies over ``max_body_bytes`` are not read (the
     application refuses them by their Content-Length) or read only up to one byte over (chunked)."""
 
-    def __init__(self, app: Callable, max_body_bytes: int, body_timeout_seconds: float):
+    def __init__(self, app: Callable, max_body_bytes: int, body_timeout_seconds: float,
+                 on_serving: Callable[[], None] | None = None):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_seconds = body_timeout_seconds
+        self.on_serving = on_serving
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called by granian in the worker once its event loop and its signal handlers are set."""
+        if self.on_serving is not None:
+            self.on_serving()
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         environ = wsgi_environ(scope)

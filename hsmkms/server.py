@@ -19,8 +19,10 @@ import logging
 import multiprocessing.util
 import os
 import shutil
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from granian import Granian
@@ -97,9 +99,51 @@ def worker_app(settings: Settings) -> Application:
     return app
 
 
-def front(settings: Settings, app) -> WsgiFront:
+def front(settings: Settings, app, on_serving: Callable[[], None] | None = None) -> WsgiFront:
     """The RSGI application granian serves in each worker, in front of the WSGI ``app``."""
-    return WsgiFront(app, settings.max_body_bytes, settings.body_timeout_seconds)
+    return WsgiFront(app, settings.max_body_bytes, settings.body_timeout_seconds, on_serving)
+
+
+class StopsWhileStarting:
+    """Keeps a stop signal that reaches a worker while it starts, and sends it again once granian handles it.
+
+    Until granian sets a worker's own handlers, after the application is made, a forked worker runs the
+    handlers it inherited from the master, which do nothing in it.  A SIGTERM then (a stop just after the
+    start) was lost: the worker went on serving until the master killed it ``workers_kill_timeout`` later.
+    The signals are blocked across each fork (``hold`` before, ``release`` in the master after), so none
+    arrives in the worker before ``watch`` has set its handlers; ``replay`` once granian's are set."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def register(self) -> None:
+        """Around every fork of this process from now on."""
+        os.register_at_fork(before=self.hold, after_in_parent=self.release, after_in_child=self.watch)
+
+    def hold(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def release(self) -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+
+    def watch(self) -> None:
+        self.received = None
+        try:
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._keep)
+        except ValueError:  # forked from a thread other than the main one: handlers cannot be set there
+            pass
+        self.release()  # a signal that came meanwhile is kept now
+
+    def _keep(self, signum: int, _frame) -> None:
+        self.received = self.received or signum
+
+    def replay(self) -> None:
+        if self.received is not None:
+            log.info("worker %d was asked to stop while it started: stopping", os.getpid())
+            os.kill(os.getpid(), self.received)
 
 
 def _heartbeat(app: Application, directory: Path) -> None:
@@ -159,4 +203,6 @@ def serve(settings: Settings) -> None:
 
         start_operations_listener(settings, worker_count(settings), run_directory(settings))
     log.info("serving on %s://%s with %d workers", settings.scheme, settings.listen, worker_count(settings))
-    server.serve(target_loader=lambda _target: front(settings, worker_app(settings)))
+    stops = StopsWhileStarting()
+    stops.register()
+    server.serve(target_loader=lambda _target: front(settings, worker_app(settings), on_serving=stops.replay))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.client
+import os
 import re
 import shutil
 import signal
@@ -29,7 +30,7 @@ from tests import tokens
 from tests.e2e.conftest import make_sdk
 from tests.e2e.inprocess import start_in_process
 from tests.e2e.sdk import ApiError
-from tests.e2e.server import provision_server
+from tests.e2e.server import HSMKMS, clean_env, provision_server
 from tests.hsm_double import ModuleDouble
 
 PIN = "faults-" + uuid.uuid4().hex
@@ -360,6 +361,29 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     assert live.process.wait(30) == 0
     with pytest.raises(OSError):  # no longer accepting
         http.client.HTTPConnection("127.0.0.1", live.port, timeout=5).request("GET", "/healthz")
+
+
+def test_a_stop_while_the_workers_start_is_acted_on_once_they_serve(tmp_path):
+    """Until granian sets a worker's own signal handlers, after the application is made, a worker runs the
+    master's it inherited, which do nothing in it: a SIGTERM then was lost, and the stop waited for the
+    master's kill timeout (30 s).  The worker keeps it and stops once it serves."""
+    live = provision_server(tmp_path / "early-stop", workers=2, pin=PIN)
+    with open(live.log_path, "ab") as log:
+        live.process = subprocess.Popen([*HSMKMS, "serve", "--config", str(live.config)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=clean_env() | live.env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Spawning worker-2" not in live.log() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        asked = time.monotonic()
+        live.process.send_signal(signal.SIGTERM)  # the workers are still making the application
+        assert live.process.wait(20) == 0, live.log()
+        assert time.monotonic() - asked < 15
+    finally:
+        if live.process.poll() is None:
+            os.killpg(live.process.pid, signal.SIGKILL)
+            live.process.wait()
+    assert "was asked to stop while it started" in live.log()
 
 
 # --- backup and restore ---------------------------------------------------------------------------------
