@@ -16,6 +16,8 @@ two deployments in two schemas of one database do not see each other.
   to 1 s even if a notification were lost.
 - **Background jobs** run where the session advisory lock ``jobs`` is held (``PostgresJobLock``).
 - **Signature nonces** may live here too (``PostgresNonces``: an UNLOGGED table).
+- **Data methods** (keys, versions, aliases, tags, access keys ...): their statements are shared with SQLite
+  in ``sql.SqlStore``; this module gives them connections and transactions.
 
 Reads and writes fail with StoreError (answered 503) when no connection is free within ``busy_timeout_ms`` or
 a statement runs longer; a pooled connection the server closed is replaced before it is used.
@@ -33,27 +35,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, fields
 
 import psycopg
 import psycopg_pool
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from hsmkms.store.base import (
-    AccessKeyRecord,
-    AliasRecord,
-    AlreadyExists,
-    ImportTokenRecord,
-    KeyFilter,
-    KeyMaterialRecord,
-    KeyRecord,
-    PendingObject,
-    StoreError,
-    TagRecord,
-    VersionRecord,
-)
+from hsmkms.store.base import AlreadyExists, StoreError
 from hsmkms.store.nonces import CLOCK_STEP_GRACE_S
+from hsmkms.store.sql import Dialect, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +171,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_LIVE = "destroyed_at IS NULL"
-_KEY_FIELDS = [f.name for f in fields(KeyRecord)]
-_KEY_COLUMNS = ", ".join(_KEY_FIELDS)
-_KEY_PLACEHOLDERS = ", ".join("%s" for _ in _KEY_FIELDS)
-_VERSION_COLUMNS = "v.version_id, v.key_id, v.created_at"
-_ACCESS_KEY_COLUMNS = ", ".join(f.name for f in fields(AccessKeyRecord))
 # Connections (and their pools) inherited across a fork: kept referenced so that the child never finalises
 # them, which would close the parent's sessions on the server.
 _inherited: list = []
@@ -202,31 +186,6 @@ def connection_kwargs(url: str) -> dict:
     """Connection parameters: the URL's, then CONNECTION_DEFAULTS for those it leaves out; autocommit."""
     given = conninfo_to_dict(url)
     return {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given} | {"autocommit": True}
-
-
-def _key_filter_sql(where: KeyFilter) -> tuple[str, list]:
-    """The WHERE clause (and its arguments) for live keys matching a ListKeys filter."""
-    if where.match_nothing:
-        return "FALSE", []
-    clauses, args = [_LIVE], []
-
-    def among(expression: str, values: frozenset[str] | None) -> None:
-        if values is not None:
-            clauses.append(f"{expression} = ANY(%s)")
-            args.append(sorted(values))
-
-    among("key_id", where.key_ids)
-    among("state", where.states)
-    among("key_spec", where.key_specs)
-    among("key_usage", where.key_usages)
-    among("protection_level", where.protection_levels)
-    among("creator", where.creators)
-    for table, column, values in [("aliases", "alias_name", where.alias_names), ("tags", "tag_key", where.tag_keys),
-                                  ("tags", "tag_value", where.tag_values)]:
-        if values is not None:
-            clauses.append(f"EXISTS (SELECT 1 FROM {table} t WHERE t.key_id = keys.key_id AND t.{column} = ANY(%s))")
-            args.append(sorted(values))
-    return " AND ".join(clauses), args
 
 
 class _Connections:
@@ -361,7 +320,10 @@ class _Listener:
         self._thread.join(LISTEN_POLL_S * 3)
 
 
-class PostgresStore:
+class PostgresStore(SqlStore):
+    dialect = Dialect(placeholder="%s", null_safe_equal="IS NOT DISTINCT FROM", version_order="created_at, seq",
+                      array_parameters=True)
+
     def __init__(self, url: str, busy_timeout_ms: int = 5000, pool_size: int = DEFAULT_POOL_SIZE):
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
@@ -451,276 +413,6 @@ class PostgresStore:
 
     def job_lock(self) -> PostgresJobLock:
         return PostgresJobLock(self._db, "jobs")
-
-    # --- keys and versions ------------------------------------------------------------------------------
-
-    def begin_object(self, pending: PendingObject) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO pending_objects VALUES (%s, %s, %s, %s)", astuple(pending))
-
-    def finish_object(self, object_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (object_id,))
-
-    def pending_objects(self) -> list[PendingObject]:
-        return [PendingObject(*row) for row in self._read(
-            "SELECT object_id, key_id, purpose, created_at FROM pending_objects ORDER BY created_at, object_id")]
-
-    def create_key(self, key: KeyRecord, version: VersionRecord, tags: list[TagRecord]) -> None:
-        with self._transaction() as conn:
-            conn.execute(f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS})", astuple(key))
-            conn.execute("INSERT INTO key_versions (version_id, key_id, created_at) VALUES (%s, %s, %s)",
-                         astuple(version))
-            if tags:
-                conn.cursor().executemany("INSERT INTO tags VALUES (%s, %s, %s)", [astuple(t) for t in tags])
-            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (version.version_id,))
-
-    def add_version(self, version: VersionRecord, expected_last_rotation: int | None) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET primary_version_id = %s, last_rotation_at = %s WHERE key_id = %s AND {_LIVE}"
-                " AND state = 'Enabled' AND last_rotation_at IS NOT DISTINCT FROM %s",
-                (version.version_id, version.created_at, version.key_id, expected_last_rotation),
-            ).rowcount
-            if updated:
-                conn.execute("INSERT INTO key_versions (version_id, key_id, created_at) VALUES (%s, %s, %s)",
-                             astuple(version))
-                conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (version.version_id,))
-            return bool(updated)
-
-    def update_key(self, key_id: str, changes: dict, expected_state: str) -> bool:
-        names = [name for name in changes if name in _KEY_FIELDS and name not in ("key_id", "destroyed_at")]
-        if len(names) != len(changes):
-            raise ValueError(f"not updatable: {sorted(set(changes) - set(names))}")
-        assignments = ", ".join(f"{name} = %s" for name in names)
-        with self._transaction() as conn:
-            return conn.execute(
-                f"UPDATE keys SET {assignments} WHERE key_id = %s AND state = %s AND {_LIVE}",
-                (*changes.values(), key_id, expected_state),
-            ).rowcount == 1
-
-    def destroy_key(self, key_id: str, now: int) -> list[str]:
-        with self._transaction() as conn:
-            marked = conn.execute(
-                f"UPDATE keys SET destroyed_at = %s WHERE key_id = %s AND state = 'PendingDeletion'"
-                f" AND delete_at <= %s AND {_LIVE}",
-                (now, key_id, now),
-            ).rowcount
-            if not marked:
-                return []
-            versions = [row[0] for row in conn.execute(
-                "SELECT version_id FROM key_versions WHERE key_id = %s ORDER BY created_at, seq", (key_id,))]
-            conn.cursor().executemany(
-                "INSERT INTO pending_objects VALUES (%s, %s, 'destroy', %s) ON CONFLICT (object_id) DO UPDATE"
-                " SET key_id = EXCLUDED.key_id, purpose = EXCLUDED.purpose, created_at = EXCLUDED.created_at",
-                [(version_id, key_id, now) for version_id in versions])
-            conn.execute("DELETE FROM aliases WHERE key_id = %s", (key_id,))
-            conn.execute("DELETE FROM tags WHERE key_id = %s", (key_id,))
-            return versions
-
-    def get_key(self, key_id: str) -> KeyRecord | None:
-        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = %s AND {_LIVE}", (key_id,))
-        return KeyRecord(*rows[0]) if rows else None
-
-    def get_version(self, version_id: str) -> VersionRecord | None:
-        rows = self._read(
-            f"SELECT {_VERSION_COLUMNS} FROM key_versions v JOIN keys k USING (key_id)"
-            f" WHERE v.version_id = %s AND k.{_LIVE}",
-            (version_id,),
-        )
-        return VersionRecord(*rows[0]) if rows else None
-
-    def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
-        condition, args = _key_filter_sql(where or KeyFilter())
-        rows = self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {condition} ORDER BY created_at, key_id LIMIT %s OFFSET %s",
-            (*args, limit, offset),
-        )
-        total = self._read(f"SELECT COUNT(*) FROM keys WHERE {condition}", args)[0][0]
-        return [KeyRecord(*row) for row in rows], total
-
-    def list_versions(self, key_id: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
-        rows = self._read(
-            f"SELECT {_VERSION_COLUMNS} FROM key_versions v WHERE v.key_id = %s"
-            " ORDER BY v.created_at, v.seq LIMIT %s OFFSET %s",
-            (key_id, limit, offset),
-        )
-        total = self._read("SELECT COUNT(*) FROM key_versions WHERE key_id = %s", (key_id,))[0][0]
-        return [VersionRecord(*row) for row in rows], total
-
-    def live_keys_and_versions(self, limit: int) -> tuple[list[KeyRecord], list[VersionRecord]]:
-        keys = [KeyRecord(*row) for row in self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {_LIVE} ORDER BY created_at DESC LIMIT %s", (limit,))]
-        versions = [VersionRecord(*row) for row in self._read(
-            f"SELECT {_VERSION_COLUMNS} FROM key_versions v JOIN keys k USING (key_id)"
-            f" WHERE k.{_LIVE} ORDER BY v.created_at DESC LIMIT %s", (limit,))]
-        return keys, versions
-
-    def all_versions(self) -> dict[str, bool]:
-        rows = self._read("SELECT v.version_id, k.destroyed_at IS NULL FROM key_versions v JOIN keys k USING (key_id)")
-        return dict(rows)
-
-    def keys_due_for_deletion(self, now: int) -> list[str]:
-        rows = self._read(
-            f"SELECT key_id FROM keys WHERE state = 'PendingDeletion' AND delete_at <= %s AND {_LIVE}", (now,))
-        return [row[0] for row in rows]
-
-    def keys_due_for_rotation(self, now: int) -> list[KeyRecord]:
-        rows = self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE state = 'Enabled' AND {_LIVE} AND rotation_interval IS NOT NULL"
-            " AND last_rotation_at + rotation_interval <= %s",
-            (now,),
-        )
-        return [KeyRecord(*row) for row in rows]
-
-    # --- key-material import -----------------------------------------------------------------------------
-
-    def add_import_token(self, token: ImportTokenRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO import_tokens VALUES (%s, %s, %s, %s, %s, %s)", astuple(token))
-            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (token.wrapping_id,))
-
-    def get_import_token(self, token_id: str) -> ImportTokenRecord | None:
-        rows = self._read("SELECT * FROM import_tokens WHERE token_id = %s", (token_id,))
-        return ImportTokenRecord(*rows[0]) if rows else None
-
-    def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]:
-        return [ImportTokenRecord(*row) for row in self._read(
-            "SELECT * FROM import_tokens WHERE expires_at <= %s ORDER BY expires_at", (now,))]
-
-    def import_tokens(self) -> list[ImportTokenRecord]:
-        return [ImportTokenRecord(*row) for row in self._read("SELECT * FROM import_tokens ORDER BY created_at")]
-
-    def delete_import_token(self, token_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM import_tokens WHERE token_id = %s", (token_id,))
-
-    def get_key_material(self, key_id: str) -> KeyMaterialRecord | None:
-        rows = self._read("SELECT key_id, check_value, present, expires_at, imported_at FROM key_materials"
-                          " WHERE key_id = %s", (key_id,))
-        if not rows:
-            return None
-        key_id, check_value, present, expires_at, imported_at = rows[0]
-        return KeyMaterialRecord(key_id, bytes(check_value), bool(present), expires_at, imported_at)
-
-    def record_key_material(self, material: KeyMaterialRecord, version_id: str, expected_state: str) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET state = CASE WHEN state = 'PendingImport' THEN 'Enabled' ELSE state END"
-                f" WHERE key_id = %s AND state = %s AND {_LIVE}", (material.key_id, expected_state)).rowcount
-            if not updated:
-                return False
-            conn.execute(
-                "INSERT INTO key_materials VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key_id) DO UPDATE SET"
-                " check_value = excluded.check_value, present = excluded.present,"
-                " expires_at = excluded.expires_at, imported_at = excluded.imported_at",
-                (material.key_id, material.check_value, material.present, material.expires_at,
-                 material.imported_at))
-            conn.execute("DELETE FROM pending_objects WHERE object_id = %s", (version_id,))
-            return True
-
-    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
-                f" WHERE key_id = %s AND state = %s AND {_LIVE}", (key_id, expected_state)).rowcount
-            if updated:
-                conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = %s",
-                             (key_id,))
-                conn.execute("INSERT INTO pending_objects VALUES (%s, %s, %s, %s)", astuple(destroy))
-            return bool(updated)
-
-    def expired_materials(self, now: int) -> list[str]:
-        return [row[0] for row in self._read(
-            f"SELECT m.key_id FROM key_materials m JOIN keys k USING (key_id) WHERE m.present"
-            f" AND m.expires_at <= %s AND k.{_LIVE} ORDER BY m.expires_at", (now,))]
-
-    def versions_without_material(self) -> set[str]:
-        return {row[0] for row in self._read(
-            f"SELECT k.primary_version_id FROM keys k LEFT JOIN key_materials m USING (key_id)"
-            f" WHERE k.origin = 'EXTERNAL' AND k.{_LIVE} AND (m.present IS NULL OR NOT m.present)")}
-
-    # --- tags --------------------------------------------------------------------------------------------
-
-    def set_tags(self, tags: list[TagRecord]) -> None:
-        with self._transaction() as conn:
-            conn.cursor().executemany(
-                "INSERT INTO tags VALUES (%s, %s, %s) ON CONFLICT (key_id, tag_key) DO UPDATE"
-                " SET tag_value = EXCLUDED.tag_value", [astuple(t) for t in tags])
-
-    def remove_tags(self, key_id: str, tag_keys: list[str] | None) -> None:
-        with self._transaction() as conn:
-            if tag_keys is None:
-                conn.execute("DELETE FROM tags WHERE key_id = %s", (key_id,))
-            else:
-                conn.execute("DELETE FROM tags WHERE key_id = %s AND tag_key = ANY(%s)", (key_id, list(tag_keys)))
-
-    def list_tags(self, key_ids: list[str] | None = None) -> list[TagRecord]:
-        if key_ids is None:
-            rows = self._read("SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key")
-        else:
-            rows = self._read("SELECT key_id, tag_key, tag_value FROM tags WHERE key_id = ANY(%s)"
-                              " ORDER BY key_id, tag_key", (list(key_ids),))
-        return [TagRecord(*row) for row in rows]
-
-    # --- aliases -----------------------------------------------------------------------------------------
-
-    def create_alias(self, alias: AliasRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO aliases VALUES (%s, %s, %s)", astuple(alias))
-
-    def update_alias(self, alias_name: str, key_id: str, expected_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE aliases SET key_id = %s WHERE alias_name = %s AND key_id = %s",
-                                (key_id, alias_name, expected_key_id)).rowcount > 0
-
-    def get_alias(self, alias_name: str) -> AliasRecord | None:
-        rows = self._read("SELECT alias_name, key_id, created_at FROM aliases WHERE alias_name = %s", (alias_name,))
-        return AliasRecord(*rows[0]) if rows else None
-
-    def delete_alias(self, alias_name: str, expected_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM aliases WHERE alias_name = %s AND key_id = %s",
-                                (alias_name, expected_key_id)).rowcount > 0
-
-    def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]:
-        where, args = ("WHERE key_id = %s", (key_id,)) if key_id is not None else ("", ())
-        rows = self._read(
-            f"SELECT alias_name, key_id, created_at FROM aliases {where} ORDER BY alias_name LIMIT %s OFFSET %s",
-            (*args, limit, offset),
-        )
-        total = self._read(f"SELECT COUNT(*) FROM aliases {where}", args)[0][0]
-        return [AliasRecord(*row) for row in rows], total
-
-    # --- access keys -------------------------------------------------------------------------------------
-
-    def create_access_key(self, record: AccessKeyRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute(f"INSERT INTO access_keys ({_ACCESS_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                         astuple(record))
-
-    def get_access_key(self, access_key_id: str) -> AccessKeyRecord | None:
-        rows = self._read(f"SELECT {_ACCESS_KEY_COLUMNS} FROM access_keys WHERE access_key_id = %s",
-                          (access_key_id,))
-        return AccessKeyRecord(*rows[0]) if rows else None
-
-    def list_access_keys(self) -> list[AccessKeyRecord]:
-        return [AccessKeyRecord(*row) for row in self._read(
-            f"SELECT {_ACCESS_KEY_COLUMNS} FROM access_keys ORDER BY created_at, access_key_id")]
-
-    def set_access_key_state(self, access_key_id: str, state: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE access_keys SET state = %s WHERE access_key_id = %s",
-                                (state, access_key_id)).rowcount > 0
-
-    def delete_access_key(self, access_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM access_keys WHERE access_key_id = %s", (access_key_id,)).rowcount > 0
-
-    def set_access_key_policy(self, access_key_id: str, policy: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE access_keys SET policy = %s WHERE access_key_id = %s",
-                                (policy, access_key_id)).rowcount > 0
 
 
 class PostgresJobLock:

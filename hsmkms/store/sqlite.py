@@ -8,6 +8,9 @@ Every committed write also bumps a counter in ``<database>-changes`` (8 bytes, m
 process): reading it costs a memory read, where ``PRAGMA data_version`` costs a read transaction, and the
 hot path asks on every request.  ``data_version`` stays the slower backstop for writers that do not bump
 the counter (an operator's sqlite3 shell, a crash between commit and bump).
+
+The data methods' statements are shared with PostgreSQL (``sql.SqlStore``); this module holds what is
+SQLite's own: connections, transactions, the schema, the change counter, backup and export.
 """
 
 from __future__ import annotations
@@ -20,22 +23,18 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, fields
+from dataclasses import fields
 from pathlib import Path
 
 from hsmkms.store.base import (
     AccessKeyRecord,
-    AliasRecord,
     AlreadyExists,
     ImportTokenRecord,
-    KeyFilter,
     KeyMaterialRecord,
     KeyRecord,
-    PendingObject,
     StoreError,
-    TagRecord,
-    VersionRecord,
 )
+from hsmkms.store.sql import KEY_BOOLEANS, Dialect, SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_LIVE = "destroyed_at IS NULL"
-
 # What ``export_rows`` copies: table -> (columns, order).  Parents before children.
 EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
     "keys": ([f.name for f in fields(KeyRecord)], "ORDER BY created_at, key_id"),
@@ -142,44 +139,6 @@ EXPORTED_TABLES: dict[str, tuple[list[str], str]] = {
 # Columns SQLite keeps as 0/1 that PostgreSQL keeps as booleans: table -> column positions.
 _BOOLEAN_COLUMNS = {"key_materials": {2}}
 
-_KEY_FIELDS = [f.name for f in fields(KeyRecord)]
-_KEY_COLUMNS = ", ".join(_KEY_FIELDS)
-_KEY_PLACEHOLDERS = ", ".join("?" for _ in fields(KeyRecord))
-_KEY_BOOLEANS = [i for i, f in enumerate(fields(KeyRecord)) if f.type == "bool"]
-
-
-def _key_filter_sql(where: KeyFilter) -> tuple[str, tuple]:
-    """The WHERE clause (and its arguments) for live keys matching a ListKeys filter."""
-    if where.match_nothing:
-        return "0", ()
-    clauses, args = [_LIVE], []
-
-    def among(expression: str, values: frozenset[str] | None) -> None:
-        if values is not None:
-            clauses.append(f"{expression} IN ({', '.join('?' for _ in values)})")
-            args.extend(sorted(values))
-
-    among("key_id", where.key_ids)
-    among("state", where.states)
-    among("key_spec", where.key_specs)
-    among("key_usage", where.key_usages)
-    among("protection_level", where.protection_levels)
-    among("creator", where.creators)
-    for table, column, values in [("aliases", "alias_name", where.alias_names), ("tags", "tag_key", where.tag_keys),
-                                  ("tags", "tag_value", where.tag_values)]:
-        if values is not None:
-            marks = ", ".join("?" for _ in values)
-            clauses.append(f"EXISTS (SELECT 1 FROM {table} t WHERE t.key_id = keys.key_id AND t.{column} IN ({marks}))")
-            args.extend(sorted(values))
-    return " AND ".join(clauses), tuple(args)
-
-
-def _key(row) -> KeyRecord:
-    values = list(row)
-    for i in _KEY_BOOLEANS:  # SQLite stores booleans as integers
-        values[i] = bool(values[i])
-    return KeyRecord(*values)
-
 
 class EveryProcess:
     """With SQLite, on one machine, every worker runs the background jobs: each step is claimed by a
@@ -192,7 +151,10 @@ class EveryProcess:
         pass
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
+    dialect = Dialect(placeholder="?", null_safe_equal="IS", version_order="created_at, rowid",
+                      array_parameters=False)
+
     def __init__(self, path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS):
         self.path = Path(path)
         # How long a write waits for another process's write lock before the request fails with a 503.
@@ -342,7 +304,7 @@ class SqliteStore:
             conn = self._conn
             conn.execute("BEGIN")
             try:
-                booleans = {"keys": set(_KEY_BOOLEANS), **_BOOLEAN_COLUMNS}
+                booleans = {"keys": set(KEY_BOOLEANS), **_BOOLEAN_COLUMNS}
                 return {table: [tuple(bool(v) if i in booleans.get(table, ()) else v
                                       for i, v in enumerate(row))
                                 for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table} {order}")]
@@ -370,268 +332,3 @@ class SqliteStore:
                 self._watcher_pid = os.getpid()
             with self._errors():
                 return self._watcher.execute("PRAGMA data_version").fetchone()[0]
-
-    # --- keys and versions ------------------------------------------------------------------------------
-
-    def begin_object(self, pending: PendingObject) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO pending_objects VALUES (?, ?, ?, ?)", astuple(pending))
-
-    def finish_object(self, object_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (object_id,))
-
-    def pending_objects(self) -> list[PendingObject]:
-        return [PendingObject(*row) for row in self._read("SELECT * FROM pending_objects ORDER BY created_at")]
-
-    def create_key(self, key: KeyRecord, version: VersionRecord, tags: list[TagRecord]) -> None:
-        with self._transaction() as conn:
-            conn.execute(f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({_KEY_PLACEHOLDERS})", astuple(key))
-            conn.execute("INSERT INTO key_versions VALUES (?, ?, ?)", astuple(version))
-            conn.executemany("INSERT INTO tags VALUES (?, ?, ?)", [astuple(t) for t in tags])
-            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version.version_id,))
-
-    def add_version(self, version: VersionRecord, expected_last_rotation: int | None) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET primary_version_id = ?, last_rotation_at = ? WHERE key_id = ? AND {_LIVE}"
-                " AND state = 'Enabled' AND last_rotation_at IS ?",
-                (version.version_id, version.created_at, version.key_id, expected_last_rotation),
-            ).rowcount
-            if updated:
-                conn.execute("INSERT INTO key_versions VALUES (?, ?, ?)", astuple(version))
-                conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version.version_id,))
-            return bool(updated)
-
-    def update_key(self, key_id: str, changes: dict, expected_state: str) -> bool:
-        names = [name for name in changes if name in _KEY_FIELDS and name not in ("key_id", "destroyed_at")]
-        if len(names) != len(changes):
-            raise ValueError(f"not updatable: {sorted(set(changes) - set(names))}")
-        assignments = ", ".join(f"{name} = ?" for name in names)
-        with self._transaction() as conn:
-            return conn.execute(
-                f"UPDATE keys SET {assignments} WHERE key_id = ? AND state = ? AND {_LIVE}",
-                (*changes.values(), key_id, expected_state),
-            ).rowcount == 1
-
-    def destroy_key(self, key_id: str, now: int) -> list[str]:
-        with self._transaction() as conn:
-            marked = conn.execute(
-                f"UPDATE keys SET destroyed_at = ? WHERE key_id = ? AND state = 'PendingDeletion'"
-                f" AND delete_at <= ? AND {_LIVE}",
-                (now, key_id, now),
-            ).rowcount
-            if not marked:
-                return []
-            versions = [row[0] for row in conn.execute(
-                "SELECT version_id FROM key_versions WHERE key_id = ?", (key_id,))]
-            conn.executemany("INSERT OR REPLACE INTO pending_objects VALUES (?, ?, 'destroy', ?)",
-                             [(version_id, key_id, now) for version_id in versions])
-            conn.execute("DELETE FROM aliases WHERE key_id = ?", (key_id,))
-            conn.execute("DELETE FROM tags WHERE key_id = ?", (key_id,))
-            return versions
-
-    def get_key(self, key_id: str) -> KeyRecord | None:
-        rows = self._read(f"SELECT {_KEY_COLUMNS} FROM keys WHERE key_id = ? AND {_LIVE}", (key_id,))
-        return _key(rows[0]) if rows else None
-
-    def get_version(self, version_id: str) -> VersionRecord | None:
-        rows = self._read(
-            f"SELECT v.version_id, v.key_id, v.created_at FROM key_versions v JOIN keys k USING (key_id)"
-            f" WHERE v.version_id = ? AND k.{_LIVE}",
-            (version_id,),
-        )
-        return VersionRecord(*rows[0]) if rows else None
-
-    def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
-        condition, args = _key_filter_sql(where or KeyFilter())
-        rows = self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {condition} ORDER BY created_at, key_id LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        total = self._read(f"SELECT COUNT(*) FROM keys WHERE {condition}", args)[0][0]
-        return [_key(row) for row in rows], total
-
-    def list_versions(self, key_id: str, offset: int, limit: int) -> tuple[list[VersionRecord], int]:
-        rows = self._read(
-            "SELECT version_id, key_id, created_at FROM key_versions WHERE key_id = ?"
-            " ORDER BY created_at, rowid LIMIT ? OFFSET ?",
-            (key_id, limit, offset),
-        )
-        total = self._read("SELECT COUNT(*) FROM key_versions WHERE key_id = ?", (key_id,))[0][0]
-        return [VersionRecord(*row) for row in rows], total
-
-    def live_keys_and_versions(self, limit: int) -> tuple[list[KeyRecord], list[VersionRecord]]:
-        """Up to ``limit`` live keys and their versions, for warming a worker's caches."""
-        keys = [_key(row) for row in self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {_LIVE} ORDER BY created_at DESC LIMIT ?", (limit,))]
-        versions = [VersionRecord(*row) for row in self._read(
-            f"SELECT v.version_id, v.key_id, v.created_at FROM key_versions v JOIN keys k USING (key_id)"
-            f" WHERE k.{_LIVE} ORDER BY v.created_at DESC LIMIT ?", (limit,))]
-        return keys, versions
-
-    def all_versions(self) -> dict[str, bool]:
-        rows = self._read("SELECT v.version_id, k.destroyed_at IS NULL FROM key_versions v JOIN keys k USING (key_id)")
-        return {version_id: bool(live) for version_id, live in rows}
-
-    def keys_due_for_deletion(self, now: int) -> list[str]:
-        rows = self._read(
-            f"SELECT key_id FROM keys WHERE state = 'PendingDeletion' AND delete_at <= ? AND {_LIVE}", (now,))
-        return [row[0] for row in rows]
-
-    def keys_due_for_rotation(self, now: int) -> list[KeyRecord]:
-        rows = self._read(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE state = 'Enabled' AND {_LIVE} AND rotation_interval IS NOT NULL"
-            " AND last_rotation_at + rotation_interval <= ?",
-            (now,),
-        )
-        return [_key(row) for row in rows]
-
-    # --- key-material import -----------------------------------------------------------------------------
-
-    def add_import_token(self, token: ImportTokenRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO import_tokens VALUES (?, ?, ?, ?, ?, ?)", astuple(token))
-            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (token.wrapping_id,))
-
-    def get_import_token(self, token_id: str) -> ImportTokenRecord | None:
-        rows = self._read("SELECT * FROM import_tokens WHERE token_id = ?", (token_id,))
-        return ImportTokenRecord(*rows[0]) if rows else None
-
-    def expired_import_tokens(self, now: int) -> list[ImportTokenRecord]:
-        return [ImportTokenRecord(*row) for row in self._read(
-            "SELECT * FROM import_tokens WHERE expires_at <= ? ORDER BY expires_at", (now,))]
-
-    def import_tokens(self) -> list[ImportTokenRecord]:
-        return [ImportTokenRecord(*row) for row in self._read("SELECT * FROM import_tokens ORDER BY created_at")]
-
-    def delete_import_token(self, token_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute("DELETE FROM import_tokens WHERE token_id = ?", (token_id,))
-
-    def get_key_material(self, key_id: str) -> KeyMaterialRecord | None:
-        rows = self._read("SELECT key_id, check_value, present, expires_at, imported_at FROM key_materials"
-                          " WHERE key_id = ?", (key_id,))
-        if not rows:
-            return None
-        key_id, check_value, present, expires_at, imported_at = rows[0]
-        return KeyMaterialRecord(key_id, bytes(check_value), bool(present), expires_at, imported_at)
-
-    def record_key_material(self, material: KeyMaterialRecord, version_id: str, expected_state: str) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET state = CASE WHEN state = 'PendingImport' THEN 'Enabled' ELSE state END"
-                f" WHERE key_id = ? AND state = ? AND {_LIVE}", (material.key_id, expected_state)).rowcount
-            if not updated:
-                return False
-            conn.execute(
-                "INSERT INTO key_materials VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO UPDATE SET"
-                " check_value = excluded.check_value, present = excluded.present,"
-                " expires_at = excluded.expires_at, imported_at = excluded.imported_at",
-                (material.key_id, material.check_value, material.present, material.expires_at,
-                 material.imported_at))
-            conn.execute("DELETE FROM pending_objects WHERE object_id = ?", (version_id,))
-            return True
-
-    def clear_key_material(self, key_id: str, expected_state: str, destroy: PendingObject) -> bool:
-        with self._transaction() as conn:
-            updated = conn.execute(
-                f"UPDATE keys SET state = CASE WHEN state = 'PendingDeletion' THEN state ELSE 'PendingImport' END"
-                f" WHERE key_id = ? AND state = ? AND {_LIVE}", (key_id, expected_state)).rowcount
-            if updated:
-                conn.execute("UPDATE key_materials SET present = FALSE, expires_at = NULL WHERE key_id = ?",
-                             (key_id,))
-                conn.execute("INSERT INTO pending_objects VALUES (?, ?, ?, ?)", astuple(destroy))
-            return bool(updated)
-
-    def expired_materials(self, now: int) -> list[str]:
-        return [row[0] for row in self._read(
-            f"SELECT m.key_id FROM key_materials m JOIN keys k USING (key_id) WHERE m.present"
-            f" AND m.expires_at <= ? AND k.{_LIVE} ORDER BY m.expires_at", (now,))]
-
-    def versions_without_material(self) -> set[str]:
-        return {row[0] for row in self._read(
-            f"SELECT k.primary_version_id FROM keys k LEFT JOIN key_materials m USING (key_id)"
-            f" WHERE k.origin = 'EXTERNAL' AND k.{_LIVE} AND (m.present IS NULL OR NOT m.present)")}
-
-    # --- tags --------------------------------------------------------------------------------------------
-
-    def set_tags(self, tags: list[TagRecord]) -> None:
-        with self._transaction() as conn:
-            conn.executemany("INSERT OR REPLACE INTO tags VALUES (?, ?, ?)", [astuple(t) for t in tags])
-
-    def remove_tags(self, key_id: str, tag_keys: list[str] | None) -> None:
-        with self._transaction() as conn:
-            if tag_keys is None:
-                conn.execute("DELETE FROM tags WHERE key_id = ?", (key_id,))
-            else:
-                conn.executemany("DELETE FROM tags WHERE key_id = ? AND tag_key = ?",
-                                 [(key_id, tag_key) for tag_key in tag_keys])
-
-    def list_tags(self, key_ids: list[str] | None = None) -> list[TagRecord]:
-        if key_ids is None:
-            rows = self._read("SELECT key_id, tag_key, tag_value FROM tags ORDER BY key_id, tag_key")
-        else:
-            marks = ", ".join("?" for _ in key_ids)
-            rows = self._read(
-                f"SELECT key_id, tag_key, tag_value FROM tags WHERE key_id IN ({marks}) ORDER BY key_id, tag_key",
-                tuple(key_ids),
-            )
-        return [TagRecord(*row) for row in rows]
-
-    # --- aliases -----------------------------------------------------------------------------------------
-
-    def create_alias(self, alias: AliasRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO aliases VALUES (?, ?, ?)", astuple(alias))
-
-    def update_alias(self, alias_name: str, key_id: str, expected_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE aliases SET key_id = ? WHERE alias_name = ? AND key_id = ?",
-                                (key_id, alias_name, expected_key_id)).rowcount > 0
-
-    def get_alias(self, alias_name: str) -> AliasRecord | None:
-        rows = self._read("SELECT alias_name, key_id, created_at FROM aliases WHERE alias_name = ?",
-                          (alias_name,))
-        return AliasRecord(*rows[0]) if rows else None
-
-    def delete_alias(self, alias_name: str, expected_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM aliases WHERE alias_name = ? AND key_id = ?",
-                                (alias_name, expected_key_id)).rowcount > 0
-
-    def list_aliases(self, offset: int, limit: int, key_id: str | None = None) -> tuple[list[AliasRecord], int]:
-        where, args = ("WHERE key_id = ?", (key_id,)) if key_id is not None else ("", ())
-        rows = self._read(
-            f"SELECT alias_name, key_id, created_at FROM aliases {where} ORDER BY alias_name LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        total = self._read(f"SELECT COUNT(*) FROM aliases {where}", args)[0][0]
-        return [AliasRecord(*row) for row in rows], total
-
-    # --- access keys -------------------------------------------------------------------------------------
-
-    def create_access_key(self, record: AccessKeyRecord) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO access_keys VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(record))
-
-    def get_access_key(self, access_key_id: str) -> AccessKeyRecord | None:
-        rows = self._read("SELECT * FROM access_keys WHERE access_key_id = ?", (access_key_id,))
-        return AccessKeyRecord(*rows[0]) if rows else None
-
-    def list_access_keys(self) -> list[AccessKeyRecord]:
-        return [AccessKeyRecord(*row) for row in self._read("SELECT * FROM access_keys ORDER BY created_at")]
-
-    def set_access_key_state(self, access_key_id: str, state: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE access_keys SET state = ? WHERE access_key_id = ?",
-                                (state, access_key_id)).rowcount > 0
-
-    def delete_access_key(self, access_key_id: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,)).rowcount > 0
-
-    def set_access_key_policy(self, access_key_id: str, policy: str) -> bool:
-        with self._transaction() as conn:
-            return conn.execute("UPDATE access_keys SET policy = ? WHERE access_key_id = ?",
-                                (policy, access_key_id)).rowcount > 0
