@@ -11,10 +11,12 @@ What it does, every step bounded in time (the whole run stays under 13 minutes):
 2. The bare serving stack: ``bare_app.py`` (a Flask app answering a fixed JSON body) served with the server
    and options ``hsmkms.server.server_options`` gives, behind the same front, 2 workers; wrk replays the same
    pre-signed GenerateDataKey requests against it.
-3. ``hsmkms serve --config ...`` with 2 workers.  Every request is signed beforehand (V1 HMAC-SHA1 through
-   ``hsmkms.api.auth``; unique SignatureNonce, current Timestamp) and written to a file that
-   ``replay.lua`` walks through, each line once, so no nonce is ever replayed.  For each of
-   GenerateDataKey, Decrypt and Encrypt: a 2 s warm-up run, then a 10 s run, 2 threads x 16 connections.
+3. ``hsmkms serve --config ...`` with 2 workers, beside it.  Every request is signed beforehand (V1 HMAC-SHA1
+   through ``hsmkms.api.auth``; unique SignatureNonce, current Timestamp) and written to a file that
+   ``replay.lua`` walks through, each line once, so no nonce is ever replayed.  Three rounds, each of a bare
+   run and a GenerateDataKey, Decrypt and Encrypt run (each a 2 s warm-up run, then a 10 s run, 2 threads x
+   16 connections); the verdicts take the median of the rounds, and the ratio to bare pairs each run with
+   the bare run of its round.
 4. Resident memory (VmRSS of master and workers) after warm-up, and after 200,000 requests in all.
 5. 10,000 keys in the token (CreateKey through the API, 16 requests in flight), a restart, then the same
    GenerateDataKey and Decrypt runs with each request naming a random one of the 10,000 keys.
@@ -40,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,6 +93,7 @@ TARGETS = {
     "rss_growth": 0.10,
 }
 STAGES_REQUESTS = 3000  # per action in the profiling mode (stages.py)
+ROUNDS = 3  # alternating rounds of the bare app and the 1-key runs; the verdicts take their medians
 
 
 def log(message: str) -> None:
@@ -435,6 +439,29 @@ def run_wrk(port: int, lines: Path, duration: int, wrap: bool = False, pids: lis
     return stats
 
 
+def combine(rounds: list[dict], bare_rounds: list[dict] | None = None) -> dict:
+    """One run's figures from its rounds: the median of each measure (errors add up), and with ``bare_rounds``
+    the median of each round's ratio to the bare run of the same round.  The rounds are kept as they were."""
+
+    def median(key: str, digits: int = 2) -> float | None:
+        values = [run[key] for run in rounds if run.get(key) is not None]
+        return round(statistics.median(values), digits) if values else None
+
+    combined = {
+        "rps": median("rps"), "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
+        "server_cpu_us_per_request": median("server_cpu_us_per_request"),
+        "errors": sum(run["errors"] for run in rounds), "exhausted": any(run["exhausted"] for run in rounds),
+        "first_error": next((run["first_error"] for run in rounds if run.get("first_error")), None),
+        "cpu": {"others": max(run["cpu"]["others"] for run in rounds)},
+        "rounds": rounds,
+    }
+    if bare_rounds:
+        for run, bare in zip(rounds, bare_rounds, strict=True):
+            run["ratio_to_bare"] = round(run["rps"] / bare["rps"], 3) if bare["rps"] else 0.0
+        combined["ratio_to_bare"] = median("ratio_to_bare", 3)
+    return combined
+
+
 # --- the benchmark -------------------------------------------------------------------------------------------
 
 
@@ -447,6 +474,8 @@ class Bench:
     quick: bool = False
     results: dict = field(default_factory=dict)
     rate_cap: float = 20_000.0  # upper bound of the rate hsmkms can reach (bare, then measured)
+    rounds: int = ROUNDS
+    bare_lines: Path | None = None
 
     def lines_for(self, seconds: float, cap: float | None = None) -> int:
         """Enough pre-signed requests for ``seconds`` at the most the server could possibly answer."""
@@ -454,7 +483,8 @@ class Bench:
 
     # -- bare -------------------------------------------------------------------------------------------------
 
-    def bare(self) -> dict:
+    def start_bare(self) -> Server:
+        """The bare app, served as hsmkms is, warmed up; it stays up beside hsmkms for the alternating rounds."""
         port = free_port()
         argv = [sys.executable, str(BENCH / "bare_app.py"), "--config", str(self.deployment.config),
                 "--port", str(port)]
@@ -464,18 +494,20 @@ class Bench:
             "error": described.stderr[-2000:]}
         self.results["server"] = server_conf
         log(f"production server: {server_conf.get('kind')} ({server_conf.get('source')})")
-        lines = self.signer.write(self.work / "bare.txt", "GenerateDataKey",
-                                  [self.gdk_params("alias/dev") for _ in range(20_000)])
+        self.bare_lines = self.signer.write(self.work / "bare.txt", "GenerateDataKey",
+                                            [self.gdk_params("alias/dev") for _ in range(20_000)])
         server = Server("bare app", argv, port, "/healthz", OUT / "bare.log")
-        try:
-            server.start()
-            run_wrk(port, lines, WARMUP_S, wrap=True)
-            stats = run_wrk(port, lines, RUN_S, wrap=True, pids=server.pids())
-            stats["rss"] = server.rss()
-        finally:
-            server.stop()
-        self.rate_cap = max(stats["rps"], 500.0)
-        log(f"bare: {stats['rps']:.0f} req/s, p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
+        server.start()
+        run_wrk(port, self.bare_lines, WARMUP_S, wrap=True)
+        return server
+
+    def measure_bare(self, server: Server, name: str) -> dict:
+        """The bare app's run: the same request lines over and over (it reads no nonce)."""
+        run_wrk(server.port, self.bare_lines, WARMUP_S, wrap=True)
+        stats = run_wrk(server.port, self.bare_lines, RUN_S, wrap=True, pids=server.pids())
+        stats["rss"] = server.rss()
+        self.rate_cap = min(self.rate_cap, max(stats["rps"], 500.0))
+        log(f"{name}: {stats['rps']:.0f} req/s, p50 {stats['p50_ms']} ms, p99 {stats['p99_ms']} ms, "
             f"{stats['errors']} errors; CPU cores: server {stats['cpu']['server']}, wrk {stats['cpu']['wrk']}, "
             f"other processes {stats['cpu']['others']}")
         return stats
@@ -496,8 +528,9 @@ class Bench:
 
     # -- one measured action ----------------------------------------------------------------------------------
 
-    def measure(self, server: Server, name: str, action: str, make_params, duration: int = RUN_S) -> dict:
-        """A warm-up run and a measured run, each on its own freshly signed lines."""
+    def measure(self, server: Server, name: str, action: str, make_params, duration: int | None = None) -> dict:
+        """A warm-up run and a measured run (RUN_S unless ``duration``), each on its own freshly signed lines."""
+        duration = duration or RUN_S
         warm = self.signer.write(self.work / f"{name}-warmup.txt", action,
                                  [make_params(i) for i in range(self.lines_for(WARMUP_S))])
         main = self.signer.write(self.work / f"{name}.txt", action,
@@ -527,7 +560,7 @@ class Bench:
         with ThreadPoolExecutor(parallel) as pool:
             return list(pool.map(one, key_ids))
 
-    def one_key(self, server: Server) -> None:
+    def one_key(self, server: Server, bare: Server) -> None:
         client = Client(self.deployment, server.port)
         blobs = self.seed_blobs(client, ["alias/dev"] * 32)
         alias = "alias/dev"
@@ -546,12 +579,22 @@ class Bench:
         log(f"warm-up: {warm['rps']:.0f} req/s, {warm['errors']} errors; RSS "
             f"{self.results['rss_after_warmup']['total_kb'] / 1024:.1f} MiB")
 
+        # Alternating rounds of the bare app and each action, judged by their medians: on a shared machine one
+        # 10 s run can be off by 10-20% (measured: the same code's CPU per request ranged 274-341 us over three
+        # rounds), and a round pairs each run with a bare run made under the same conditions.
+        measured: dict[str, list[dict]] = {"bare": [], "GenerateDataKey": [], "Decrypt": [], "Encrypt": []}
+        shapes = {"GenerateDataKey": lambda i: self.gdk_params(alias),
+                  "Decrypt": lambda i: self.decrypt_params(blobs[i % len(blobs)]),
+                  "Encrypt": lambda i: self.encrypt_params(alias)}
+        for number in range(1, self.rounds + 1):
+            measured["bare"].append(self.measure_bare(bare, f"bare-{number}"))
+            for action, make_params in shapes.items():
+                measured[action].append(self.measure(server, f"{action}-{number}", action, make_params))
+        bare.stop()
+        self.results["bare"] = combine(measured.pop("bare"))
         runs = self.results.setdefault("runs", {})
-        runs["GenerateDataKey"] = self.measure(server, "GenerateDataKey", "GenerateDataKey",
-                                               lambda i: self.gdk_params(alias))
-        runs["Decrypt"] = self.measure(server, "Decrypt", "Decrypt",
-                                       lambda i: self.decrypt_params(blobs[i % len(blobs)]))
-        runs["Encrypt"] = self.measure(server, "Encrypt", "Encrypt", lambda i: self.encrypt_params(alias))
+        for action, rounds in measured.items():
+            runs[action] = combine(rounds, self.results["bare"]["rounds"])
 
         # Memory after 200,000 requests in all: GenerateDataKey and Decrypt alternating, in chunks.
         soak_rate = max(1.0, (runs["GenerateDataKey"]["rps"] + runs["Decrypt"]["rps"]) / 2)
@@ -815,12 +858,12 @@ def verdicts(results: dict) -> list[dict]:
             checks.append({"target": f"{action} >= {TARGETS['ratio_to_bare']} x bare req/s, zero errors",
                            "pass": False, "detail": "not measured"})
             continue
-        ratio = run["rps"] / bare if bare else 0.0
-        run["ratio_to_bare"] = round(ratio, 3)
+        ratio = run["ratio_to_bare"]
         checks.append({
             "target": f"{action} >= {TARGETS['ratio_to_bare']} x bare req/s, zero errors",
             "pass": ratio >= TARGETS["ratio_to_bare"] and run["errors"] == 0 and not run["exhausted"],
-            "detail": f"{run['rps']:.0f} / {bare:.0f} = {ratio:.2f}, {run['errors']} errors",
+            "detail": f"{run['rps']:.0f} / {bare:.0f} = {ratio:.2f} (medians of {_rounds(run)}; "
+                      f"each round's: {_round_figures(run, 'ratio_to_bare')}), {run['errors']} errors",
         })
         cpu = run.get("server_cpu_us_per_request")
         # The target is absolute; the multiple of bare is what compares across machines of different speed.
@@ -828,15 +871,14 @@ def verdicts(results: dict) -> list[dict]:
         checks.append({
             "target": f"{action} server CPU per request <= {TARGETS['server_cpu_us']:.0f} us",
             "pass": cpu is not None and cpu <= TARGETS["server_cpu_us"],
-            "detail": f"{cpu} us (bare {bare_cpu} us{f', {cpu / bare_cpu:.2f} x bare' if cpu and bare_cpu else ''})",
+            "detail": f"{cpu} us ({_round_figures(run, 'server_cpu_us_per_request')}; bare {bare_cpu} us"
+                      f"{f', {cpu / bare_cpu:.2f} x bare' if cpu and bare_cpu else ''})",
         })
-    if "Encrypt" in runs:
-        runs["Encrypt"]["ratio_to_bare"] = round(runs["Encrypt"]["rps"] / bare, 3) if bare else 0.0
     for action, run in runs.items():
         checks.append({
             "target": f"{action} p99 <= {TARGETS['p99_ms']:.0f} ms at {CONNECTIONS} connections",
             "pass": run["p99_ms"] <= TARGETS["p99_ms"],
-            "detail": f"p99 {run['p99_ms']} ms (p50 {run['p50_ms']} ms)",
+            "detail": f"p99 {run['p99_ms']} ms ({_round_figures(run, 'p99_ms')}; p50 {run['p50_ms']} ms)",
         })
     many = results.get("many_keys_runs", {})
     one_key_after = results.get("one_key_after_many_keys", {})
@@ -878,6 +920,17 @@ def verdicts(results: dict) -> list[dict]:
     return checks
 
 
+def _rounds(run: dict) -> str:
+    count = len(run.get("rounds", []))
+    return f"{count} round{'' if count == 1 else 's'}"
+
+
+def _round_figures(run: dict, key: str) -> str:
+    """A measure of each round, as "a / b / c"."""
+    return " / ".join(f"{run_round[key]:g}" for run_round in run.get("rounds", [])
+                      if run_round.get(key) is not None) or "one run"
+
+
 def summary(results: dict) -> str:
     rows = [f"{'run':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'ratio':>8}"]
     bare = results.get("bare")
@@ -891,7 +944,8 @@ def summary(results: dict) -> str:
         for action, run in results.get(group, {}).items():
             rows.append(f"{action + suffix:<36}{run['rps']:>9.0f}{run['p50_ms']:>9.2f}{run['p99_ms']:>9.2f}"
                         f"{run['errors']:>8}" + (f"{run.get(ratio_key, 0):>8.2f}" if ratio_key else ""))
-    rows.append(f"(ratio: to bare with 1 key; with {MANY_KEYS:,} keys, to the same action naming 1 key in the run "
+    rows.append(f"(bare and the 1-key runs: medians of {_rounds(bare or {})}, alternating; "
+                f"ratio: to bare with 1 key; with {MANY_KEYS:,} keys, to the same action naming 1 key in the run "
                 f"right after it; for the "
                 f"cluster, {CLUSTER_NODES} nodes x {CLUSTER_WORKERS} worker behind HAProxy, to the single node)")
     before, after = results.get("rss_after_warmup"), results.get("rss_after_soak")
@@ -909,8 +963,9 @@ def summary(results: dict) -> str:
                     f"{results.get('background_cores_before')} cores; "
                     + ", ".join(f"{name} {cores}" for name, cores in noisy)
                     + "): throughput and latency figures are unreliable; compare CPU per request instead")
-    cpu_rows = [f"{name} {run['server_cpu_us_per_request']:.0f}" for name, run in _all_runs(results)
-                if run.get("server_cpu_us_per_request")]
+    cpu_rows = [f"{name} {run['server_cpu_us_per_request']:.0f}"
+                + (f" ({_round_figures(run, 'server_cpu_us_per_request')})" if "rounds" in run else "")
+                for name, run in _all_runs(results) if run.get("server_cpu_us_per_request")]
     if cpu_rows:
         rows.append("server CPU per request (us): " + ", ".join(cpu_rows))
     stages = results.get("stages")
@@ -1073,6 +1128,7 @@ def main(argv: list[str] | None = None) -> int:
     token_dir = None
     signer = None
     server = None
+    bare_server = None
     status = 0
     try:
         results["background_cores_before"] = background_load()
@@ -1088,14 +1144,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.only_cluster:
             deployment = Deployment.create(work / "deployment", token_dir)
             signer = Signer(deployment)
-            bench = Bench(deployment, signer, budget, work, args.quick, results)
-            results["bare"] = bench.bare()
-
+            bench = Bench(deployment, signer, budget, work, args.quick, results, rounds=1 if args.quick else ROUNDS)
+            bare_server = bench.start_bare()
             server = Server("hsmkms serve", [sys.executable, "-m", "hsmkms", "serve", "--config",
                                              str(deployment.config)], deployment.port, "/readyz",
                             OUT / "server.log")
             results["startup_s"] = round(server.start(), 2)
-            bench.one_key(server)
+            bench.one_key(server, bare_server)
             bench.many_keys(server)
             results["server_log_errors"] = server.log_errors()[:50]
             results["server_exit_code"] = server.stop()
@@ -1109,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(results["failure"], file=sys.stderr)
         status = 1 if "runs" not in results and "cluster_runs" not in results else 0
     finally:
+        if bare_server is not None:
+            bare_server.stop()
         if server is not None:
             results["server_log_errors"] = server.log_errors()[:50]
             results["server_exit_code"] = server.stop()
