@@ -18,8 +18,9 @@ What it does, every step bounded in time (the whole run stays under 13 minutes):
    16 connections); the verdicts take the median of the rounds, and the ratio to bare pairs each run with
    the bare run of its round.
 4. Resident memory (VmRSS of master and workers) after warm-up, and after 200,000 requests in all.
-5. 10,000 keys in the token (CreateKey through the API, 16 requests in flight), a restart, then the same
-   GenerateDataKey and Decrypt runs with each request naming a random one of the 10,000 keys.
+5. 10,000 keys in the token (CreateKey through the API, 8 requests in flight), a restart, then the same
+   GenerateDataKey and Decrypt runs with each request naming a random one of the 10,000 keys, each followed
+   by the same requests naming one key, in three rounds.
 6. The cluster: three nodes (one worker each) behind HAProxy on a private PostgreSQL (fsync on), the
    GenerateDataKey and Decrypt runs through the balancer, once with the nonces in PostgreSQL and once in a
    private Redis; CPU per request counts the nodes, HAProxy, PostgreSQL and Redis.  On 2 cores this is the
