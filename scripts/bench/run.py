@@ -94,7 +94,7 @@ TARGETS = {
     "rss_growth": 0.10,
 }
 STAGES_REQUESTS = 3000  # per action in the profiling mode (stages.py)
-ROUNDS = 3  # alternating rounds of the bare app and the 1-key runs; the verdicts take their medians
+ROUNDS = 3  # alternating rounds of the measured runs (bare and 1 key; 10,000 keys and 1 key); verdicts: medians
 
 
 def log(message: str) -> None:
@@ -582,8 +582,8 @@ class Bench:
             f"{self.results['rss_after_warmup']['total_kb'] / 1024:.1f} MiB")
 
         # Alternating rounds of the bare app and each action, judged by their medians: on a shared machine one
-        # 10 s run can be off by 10-20% (measured: the same code's CPU per request ranged 274-341 us over three
-        # rounds), and a round pairs each run with a bare run made under the same conditions.
+        # 10 s run can be off by 10-20% (measured: GenerateDataKey's CPU per request 313, 293 and 277 us in three
+        # rounds of the same code), and a round pairs each run with a bare run made under the same conditions.
         measured: dict[str, list[dict]] = {"bare": [], "GenerateDataKey": [], "Decrypt": [], "Encrypt": []}
         shapes = {"GenerateDataKey": lambda i: self.gdk_params(alias),
                   "Decrypt": lambda i: self.decrypt_params(blobs[i % len(blobs)]),
