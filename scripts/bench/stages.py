@@ -11,8 +11,9 @@ says where the time goes; ``run.py``'s CPU per request through the server is the
 targets.  Nothing here touches the production server: the wrappers exist only in this process.
 
 ``--keys K`` then creates K keys (CreateKey through the same application), restarts the application as
-``run.py`` restarts the server, and names a random one in each GenerateDataKey, the shape of ``run.py``'s
-10,000-key runs; a run naming one key on that same application follows, to compare with.
+``run.py`` restarts the server, and names a random one in each GenerateDataKey, then decrypts a blob of a
+random one in each Decrypt, the shapes of ``run.py``'s 10,000-key runs; each is followed by a run naming one
+key on that same application, to compare with.
 """
 
 from __future__ import annotations
@@ -204,6 +205,16 @@ def breakdown(requests: int = 3000, keys: int = 0) -> dict:
                     app, deployment, "GenerateDataKey", [gdk(rng.choice(key_ids)) for _ in range(requests)])
                 result[f"GenerateDataKey, 1 of {keys} keys"] = profile(
                     app, deployment, "GenerateDataKey", [gdk("alias/dev")] * requests)
+                # A blob of every key, and 32 of the one key, as run.py's Decrypt runs over many keys name them.
+                blobs = [json.loads(call(app, line)[1])["CiphertextBlob"]
+                         for line in signed_lines(deployment, "GenerateDataKey", [gdk(key) for key in key_ids])]
+                one_key = [json.loads(call(app, line)[1])["CiphertextBlob"]
+                           for line in signed_lines(deployment, "GenerateDataKey", [gdk("alias/dev")] * 32)]
+                decrypt = bench.Bench.decrypt_params
+                result[f"Decrypt, {keys} keys"] = profile(
+                    app, deployment, "Decrypt", [decrypt(rng.choice(blobs)) for _ in range(requests)])
+                result[f"Decrypt, 1 of {keys} keys"] = profile(
+                    app, deployment, "Decrypt", [decrypt(one_key[i % len(one_key)]) for i in range(requests)])
             return result
         finally:
             close(app)

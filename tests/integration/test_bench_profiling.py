@@ -35,3 +35,17 @@ def test_the_profiling_mode_sees_every_stage_of_both_actions(tmp_path):
         assert run["requests"] == 48  # 60, less the fifth run untimed as warm-up
         assert run["thread_cpu_us"] > 0 and run["wall_us"] > 0
     assert "GenerateDataKey: " in done.stdout and "HSM (PKCS#11)" in done.stdout
+
+
+def test_the_profiling_mode_over_many_keys_times_both_actions_against_one_key(tmp_path):
+    out = tmp_path / "stages.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / "stages.py"), "--requests", "30",
+                           "--keys", "12", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert set(result) == {"GenerateDataKey", "Decrypt", "GenerateDataKey, 12 keys", "GenerateDataKey, 1 of 12 keys",
+                           "Decrypt, 12 keys", "Decrypt, 1 of 12 keys"}
+    for name in ("Decrypt, 12 keys", "Decrypt, 1 of 12 keys"):
+        run = result[name]
+        assert run["requests"] == 24
+        assert run["stages_us"]["HSM (PKCS#11)"] > 0 and run["stages_us"]["blob decoding and key resolution"] > 0
