@@ -76,6 +76,12 @@ CLOCK_STEP_GRACE_S = 30
 FILE_CHECK_INTERVAL_S = 1.0
 BUSY_TIMEOUT_S = 5.0
 BUSY_RETRY_S = 0.00005
+# How long a claim that finds the lock held keeps trying before it sleeps.  A holder keeps it for microseconds,
+# while a sleep costs at least the timer slack (50 us) and then a wait for a CPU; giving the CPU away
+# (sched_yield) instead lengthened p99.  In the benchmark's server (2 workers) 7% of claims found the lock held,
+# and spinning first left a sleep to 1 in 5 of those: more requests a second in each of 4 alternating rounds
+# (median +7%) at no more CPU a request.
+BUSY_SPIN_S = 0.00004
 SCAN_BATCH_PAGES = 4096
 
 assert SLOTS_AT + SLOTS_PER_PAGE * SLOT_BYTES == PAGE_BYTES
@@ -368,12 +374,20 @@ def _live(fd: int, table_pages: int, now: int) -> Iterator[tuple[bytes, int]]:
 
 def _lock_file(fd: int) -> None:
     """The exclusive lock on the file.  A claim holds it for microseconds; when another process has it, try
-    again every BUSY_RETRY_S, and give up with a StoreError after BUSY_TIMEOUT_S (a stopped process)."""
+    again at once for BUSY_SPIN_S, then every BUSY_RETRY_S, and give up with a StoreError after BUSY_TIMEOUT_S
+    (a stopped process)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return
     except BlockingIOError:
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        spin_until = time.perf_counter() + BUSY_SPIN_S
+    while time.perf_counter() < spin_until:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         time.sleep(BUSY_RETRY_S)
         try:
