@@ -372,27 +372,28 @@ def _live(fd: int, table_pages: int, now: int) -> Iterator[tuple[bytes, int]]:
                     yield page[at:at + 8], until
 
 
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def _lock_file(fd: int) -> None:
     """The exclusive lock on the file.  A claim holds it for microseconds; when another process has it, try
     again at once for BUSY_SPIN_S, then every BUSY_RETRY_S, and give up with a StoreError after BUSY_TIMEOUT_S
     (a stopped process)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if _try_lock(fd):
         return
-    except BlockingIOError:
-        spin_until = time.perf_counter() + BUSY_SPIN_S
+    spin_until = time.perf_counter() + BUSY_SPIN_S
     while time.perf_counter() < spin_until:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _try_lock(fd):
             return
-        except BlockingIOError:
-            pass
     deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         time.sleep(BUSY_RETRY_S)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _try_lock(fd):
             return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise StoreError("the file stayed locked by another process") from None
+        if time.monotonic() > deadline:
+            raise StoreError("the file stayed locked by another process")

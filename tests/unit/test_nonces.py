@@ -439,19 +439,11 @@ def hold_the_lock(path: Path):
     return other
 
 
-def test_a_claim_waits_for_another_process_to_release_the_lock(store, path):
-    assert claim(store, "first")
-    other = hold_the_lock(path)
-    threading.Timer(0.05, lambda: os.close(other)).start()
-    started = time.monotonic()
-    assert claim(store, "second")
-    assert 0.04 < time.monotonic() - started < 2
-
-
-def test_a_lock_released_within_the_spin_is_taken_without_sleeping(store, path, monkeypatch):
-    # No time left for the sleeping retries: only the spin can take a lock released after 50 ms.
-    monkeypatch.setattr(nonces_module, "BUSY_SPIN_S", 2.0)
-    monkeypatch.setattr(nonces_module, "BUSY_TIMEOUT_S", 0.0)
+# The sleeping retries as configured; then only the spin, with no time left for a sleeping retry.
+@pytest.mark.parametrize("settings", [{}, {"BUSY_SPIN_S": 2.0, "BUSY_TIMEOUT_S": 0.0}], ids=["retries", "spin"])
+def test_a_claim_waits_for_another_process_to_release_the_lock(store, path, monkeypatch, settings):
+    for name, value in settings.items():
+        monkeypatch.setattr(nonces_module, name, value)
     assert claim(store, "first")
     other = hold_the_lock(path)
     threading.Timer(0.05, lambda: os.close(other)).start()
