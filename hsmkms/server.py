@@ -160,6 +160,26 @@ def _heartbeat(app: Application, directory: Path) -> None:
         time.sleep(HEARTBEAT_SECONDS)
 
 
+def schedule_as_batch() -> None:
+    """Ask Linux to schedule this process as SCHED_BATCH, and with it every worker it forks and every thread
+    they start (both inherit the policy).
+
+    A request crosses threads twice in a worker: granian's I/O thread hands it to the request thread, and the
+    request thread hands the response back.  As normal threads, each wake-up preempted the thread that was
+    running, mid-request, at once: about four context switches a request on 2 cores.  A waking SCHED_BATCH
+    thread does not preempt: it runs when a CPU is free or at the next scheduler tick, and then takes the
+    requests and responses that gathered meanwhile in one go.  Nothing else changes: the processes keep their
+    nice weight, so their share of the CPU against other processes stays the same.  Measured on the benchmark
+    (README, Performance): 10-15% less server CPU a request and as much more throughput, p99 unchanged.
+    The bare app of the benchmark is served the same way."""
+    if not hasattr(os, "SCHED_BATCH"):  # not Linux
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:
+        log.warning("could not set the SCHED_BATCH scheduling policy (%s): serving with the default one", exc)
+
+
 def server_options(settings: Settings) -> dict:
     """The granian options ``serve`` uses (the benchmark serves its bare app with the same)."""
     host, port = settings.listen_host_port
@@ -205,4 +225,5 @@ def serve(settings: Settings) -> None:
     log.info("serving on %s://%s with %d workers", settings.scheme, settings.listen, worker_count(settings))
     stops = StopsWhileStarting()
     stops.register()
+    schedule_as_batch()
     server.serve(target_loader=lambda _target: front(settings, worker_app(settings), on_serving=stops.replay))

@@ -1,11 +1,12 @@
 """The serving-stack ceiling: a bare Flask app answering a fixed small JSON body, as a WSGI ``app``.
 
-It is served with exactly the server, options and front hsmkms uses (see ``run.py``), so that the ratio
-hsmkms / bare says how much of the time the service itself takes.  It accepts the same requests as the
+It is served with exactly the server, options, front and scheduling policy hsmkms uses (see ``run.py``), so
+that the ratio hsmkms / bare says how much of the time the service itself takes.  It accepts the same requests as the
 RPC endpoint (``GET /`` or ``POST /`` with any query string or form body) and ignores their parameters.
 
 Run it directly to serve it the way ``hsmkms serve --config CONFIG`` would serve hsmkms (same server, same
-options: ``hsmkms.server.server_options``, behind ``hsmkms.server.front``), on another port:
+options: ``hsmkms.server.server_options``, behind ``hsmkms.server.front``, SCHED_BATCH through
+``hsmkms.server.schedule_as_batch``), on another port:
 
     .venv/bin/python scripts/bench/bare_app.py --config CONFIG --port PORT [--describe]
 """
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from granian import Granian
 
-    from hsmkms.server import front, server_options
+    from hsmkms.server import front, schedule_as_batch, server_options
     from hsmkms.settings import load
 
     settings = load(args.config, environ={"HSMKMS_SERVER_LISTEN": f"127.0.0.1:{args.port}"})
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"kind": "granian", "source": "hsmkms.server.server_options(settings)",
                           "options": {k: str(v) for k, v in options.items()}}))
         return
+    schedule_as_batch()
     Granian("bare_app:app", **options).serve(target_loader=lambda _target: front(settings, app))
 
 

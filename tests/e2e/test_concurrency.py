@@ -7,6 +7,7 @@ runs several worker processes, so this load must pass without a single error or 
 from __future__ import annotations
 
 import base64
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.e2e.conftest import make_sdk
@@ -37,3 +38,24 @@ def test_parallel_data_keys_and_decrypts(server):
     with ThreadPoolExecutor(THREADS) as pool:
         results = list(pool.map(lambda i: worker(server, i), range(THREADS)))
     assert results == [2 * ROUNDS] * THREADS
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as listing:
+            found += [int(child) for child in listing.read().split()]
+    return found
+
+
+def test_every_server_thread_is_scheduled_as_batch(server):
+    """``serve`` runs as SCHED_BATCH (hsmkms.server.schedule_as_batch): the master, every worker, and every thread
+    they started, granian's I/O and hand-over threads among them, since threads inherit the policy."""
+    workers = _children(server.process.pid)
+    assert len(workers) == 2
+    for pid in (server.process.pid, *workers):
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        if pid in workers:
+            assert len(threads) >= 4  # request thread, granian's I/O and hand-over threads, the audit writer ...
+        policies = {tid: os.sched_getscheduler(tid) for tid in threads}
+        assert set(policies.values()) == {os.SCHED_BATCH}, policies
