@@ -171,8 +171,14 @@ def schedule_as_batch() -> None:
     requests and responses that gathered meanwhile in one go.  Nothing else changes: the processes keep their
     nice weight, so their share of the CPU against other processes stays the same.  Measured on the benchmark
     (README, Performance): 10-15% less server CPU a request and as much more throughput, p99 unchanged.
-    The bare app of the benchmark is served the same way."""
+    The bare app of the benchmark is served the same way.
+
+    A process started with another policy than the default (``chrt``, systemd's ``CPUSchedulingPolicy=``) keeps
+    it: that was the operator's choice."""
     if not hasattr(os, "SCHED_BATCH"):  # not Linux
+        return
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        log.info("serving with the scheduling policy the server was started with")
         return
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

@@ -29,10 +29,25 @@ def test_the_process_and_the_threads_it_starts_afterwards_are_batch():
     assert result.stdout.split() == ["True", "True", "True"]
 
 
+CHOSEN = """
+import os
+from hsmkms.server import schedule_as_batch
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+schedule_as_batch()
+print(os.sched_getscheduler(0) == os.SCHED_IDLE)
+"""
+
+
+def test_a_policy_the_operator_chose_is_kept():
+    result = subprocess.run([sys.executable, "-c", CHOSEN], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.split() == ["True"]
+
+
 def test_a_refused_policy_is_a_warning_not_a_failure(monkeypatch, caplog):
     def refuse(*_args):
         raise PermissionError(1, "Operation not permitted")
 
+    monkeypatch.setattr(os, "sched_getscheduler", lambda _pid: os.SCHED_OTHER)
     monkeypatch.setattr(os, "sched_setscheduler", refuse)
     with caplog.at_level(logging.WARNING, logger="hsmkms.server"):
         server.schedule_as_batch()
