@@ -168,10 +168,10 @@ def schedule_as_batch() -> None:
     request thread hands the response back.  As normal threads, each wake-up preempted the thread that was
     running, mid-request, at once: about four context switches a request on 2 cores.  A waking SCHED_BATCH
     thread does not preempt: it runs when a CPU is free or at the next scheduler tick, and then takes the
-    requests and responses that gathered meanwhile in one go.  Nothing else changes: the processes keep their
-    nice weight, so their share of the CPU against other processes stays the same.  Measured on the benchmark
-    (README, Performance): 10-15% less server CPU a request and as much more throughput, p99 unchanged.
-    The bare app of the benchmark is served the same way.
+    requests and responses that gathered meanwhile in one go (1.5 context switches a request).  Nothing else
+    changes: the processes keep their nice weight, so their share of the CPU against other processes stays the
+    same.  Measured with the benchmark (README, Performance): about 15% less server CPU a request and 20% more
+    requests a second, p99 no higher.  The bare app of the benchmark is served the same way.
 
     A process started with another policy than the default (``chrt``, systemd's ``CPUSchedulingPolicy=``) keeps
     it: that was the operator's choice."""

@@ -1,8 +1,9 @@
 """The serving-stack ceiling: a bare Flask app answering a fixed small JSON body, as a WSGI ``app``.
 
 It is served with exactly the server, options, front and scheduling policy hsmkms uses (see ``run.py``), so
-that the ratio hsmkms / bare says how much of the time the service itself takes.  It accepts the same requests as the
-RPC endpoint (``GET /`` or ``POST /`` with any query string or form body) and ignores their parameters.
+that the ratio hsmkms / bare says how much of the time the service itself takes.  It accepts the same
+requests as the RPC endpoint (``GET /`` or ``POST /`` with any query string or form body) and ignores their
+parameters.
 
 Run it directly to serve it the way ``hsmkms serve --config CONFIG`` would serve hsmkms (same server, same
 options: ``hsmkms.server.server_options``, behind ``hsmkms.server.front``, SCHED_BATCH through

@@ -57,5 +57,12 @@ def test_every_server_thread_is_scheduled_as_batch(server):
         threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
         if pid in workers:
             assert len(threads) >= 4  # request thread, granian's I/O and hand-over threads, the audit writer ...
-        policies = {tid: os.sched_getscheduler(tid) for tid in threads}
-        assert set(policies.values()) == {os.SCHED_BATCH}, policies
+        policies = {tid: _policy(tid) for tid in threads}
+        assert set(policies.values()) - {None} == {os.SCHED_BATCH}, policies
+
+
+def _policy(tid: int) -> int | None:
+    try:
+        return os.sched_getscheduler(tid)
+    except ProcessLookupError:  # a thread that ended since it was listed (granian ends idle blocking threads)
+        return None
