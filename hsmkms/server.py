@@ -166,9 +166,9 @@ def schedule_as_batch() -> None:
 
     A request crosses threads twice in a worker: granian's I/O thread hands it to the request thread, and the
     request thread hands the response back.  As normal threads, each wake-up preempted the thread that was
-    running, mid-request, at once: about four context switches a request on 2 cores.  A waking SCHED_BATCH
+    running, mid-request, at once: about three context switches a request on 2 cores.  A waking SCHED_BATCH
     thread does not preempt: it runs when a CPU is free or at the next scheduler tick, and then takes the
-    requests and responses that gathered meanwhile in one go (1.5 context switches a request).  Nothing else
+    requests and responses that gathered meanwhile in one go (1.3 context switches a request).  Nothing else
     changes: the processes keep their nice weight, so their share of the CPU against other processes stays the
     same.  Measured with the benchmark (README, Performance): about 15% less server CPU a request and 20% more
     requests a second, p99 no higher.  The bare app of the benchmark is served the same way.
