@@ -160,9 +160,9 @@ def _heartbeat(app: Application, directory: Path) -> None:
         time.sleep(HEARTBEAT_SECONDS)
 
 
-def schedule_as_batch() -> None:
-    """Ask Linux to schedule this process as SCHED_BATCH, and with it every worker it forks and every thread
-    they start (both inherit the policy).
+def apply_scheduling(settings: Settings) -> None:
+    """With ``[server] scheduling = "batch"`` (the default), ask Linux to schedule this process as SCHED_BATCH,
+    and with it every worker it forks and every thread they start (both inherit the policy).
 
     A request crosses threads twice in a worker: granian's I/O thread hands it to the request thread, and the
     request thread hands the response back.  As normal threads, each wake-up preempted the thread that was
@@ -174,8 +174,10 @@ def schedule_as_batch() -> None:
     requests a second, p99 no higher.  The bare app of the benchmark is served the same way.
 
     A process started with another policy than the default (``chrt``, systemd's ``CPUSchedulingPolicy=``) keeps
-    it: that was the operator's choice."""
-    if not hasattr(os, "SCHED_BATCH"):  # not Linux
+    it: that was the operator's choice.  With ``scheduling = "default"`` every process keeps the policy it was
+    started with (for a machine shared with busy processes, where a waking request must not wait for the
+    scheduler's tick)."""
+    if settings.scheduling != "batch" or not hasattr(os, "SCHED_BATCH"):  # chosen so, or not Linux
         return
     if os.sched_getscheduler(0) != os.SCHED_OTHER:
         log.info("serving with the scheduling policy the server was started with")
@@ -231,5 +233,5 @@ def serve(settings: Settings) -> None:
     log.info("serving on %s://%s with %d workers", settings.scheme, settings.listen, worker_count(settings))
     stops = StopsWhileStarting()
     stops.register()
-    schedule_as_batch()
+    apply_scheduling(settings)
     server.serve(target_loader=lambda _target: front(settings, worker_app(settings), on_serving=stops.replay))

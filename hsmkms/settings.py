@@ -43,6 +43,7 @@ class Settings:
     tls_certificate: Path | None = None  # with tls_key: serve HTTPS
     tls_key: Path | None = None
     tls_min_version: str = "1.2"  # "1.2" or "1.3"
+    scheduling: str = "batch"  # "batch": the server runs as SCHED_BATCH (Linux); "default": as it was started
     # [kms]
     region: str = "cn-hangzhou"
     account_id: str = "1000000000000000"
@@ -162,6 +163,7 @@ _FIELDS: dict[tuple[str, str], str] = {
     ("server", "tls_certificate"): "tls_certificate",
     ("server", "tls_key"): "tls_key",
     ("server", "tls_min_version"): "tls_min_version",
+    ("server", "scheduling"): "scheduling",
     ("kms", "region"): "region",
     ("kms", "account_id"): "account_id",
     ("hsm", "module"): "module",
@@ -321,6 +323,8 @@ def _validate(settings: Settings) -> None:
     if settings.deployment and not DEPLOYMENT_NAME.match(settings.deployment):
         raise SettingsError("[hsm] deployment is 1-32 lowercase letters, digits, '-' or '_', starting with a letter "
                             f"or digit, not {settings.deployment!r}")
+    if settings.scheduling not in ("batch", "default"):
+        raise SettingsError(f'[server] scheduling must be "batch" or "default", not {settings.scheduling!r}')
     if settings.gcm_iv not in ("host", "token"):
         raise SettingsError(f'[hsm] gcm_iv must be "host" or "token", not {settings.gcm_iv!r}')
     if settings.hsm_profile_name and settings.hsm_profile_name not in PROFILES:

@@ -6,8 +6,8 @@ requests as the RPC endpoint (``GET /`` or ``POST /`` with any query string or f
 parameters.
 
 Run it directly to serve it the way ``hsmkms serve --config CONFIG`` would serve hsmkms (same server, same
-options: ``hsmkms.server.server_options``, behind ``hsmkms.server.front``, SCHED_BATCH through
-``hsmkms.server.schedule_as_batch``), on another port:
+options: ``hsmkms.server.server_options``, behind ``hsmkms.server.front``, the scheduling policy
+through ``hsmkms.server.apply_scheduling``), on another port:
 
     .venv/bin/python scripts/bench/bare_app.py --config CONFIG --port PORT [--describe]
 """
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from granian import Granian
 
-    from hsmkms.server import front, schedule_as_batch, server_options
+    from hsmkms.server import apply_scheduling, front, server_options
     from hsmkms.settings import load
 
     settings = load(args.config, environ={"HSMKMS_SERVER_LISTEN": f"127.0.0.1:{args.port}"})
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
         print(json.dumps({"kind": "granian", "source": "hsmkms.server.server_options(settings)",
                           "options": {k: str(v) for k, v in options.items()}}))
         return
-    schedule_as_batch()
+    apply_scheduling(settings)
     Granian("bare_app:app", **options).serve(target_loader=lambda _target: front(settings, app))
 
 

@@ -49,8 +49,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_every_server_thread_is_scheduled_as_batch(server):
-    """``serve`` runs as SCHED_BATCH (hsmkms.server.schedule_as_batch): the master, every worker, and every thread
-    they started, granian's I/O and hand-over threads among them, since threads inherit the policy."""
+    """``serve`` runs as SCHED_BATCH by default (hsmkms.server.apply_scheduling): the master, every worker, and
+    every thread they started, granian's I/O and hand-over threads among them, since threads inherit it."""
     workers = _children(server.process.pid)
     assert len(workers) == 2
     for pid in (server.process.pid, *workers):

@@ -230,6 +230,14 @@ def test_tls_min_version_is_1_2_or_1_3(version):
     assert load(None, environ={"HSMKMS_SERVER_TLS_MIN_VERSION": "1.3"}).tls_min_version == "1.3"
 
 
+@pytest.mark.parametrize("scheduling", ["idle", "BATCH", "fifo", ""])
+def test_scheduling_is_batch_or_default(scheduling):
+    with pytest.raises(SettingsError, match="scheduling"):
+        load(None, environ={"HSMKMS_SERVER_SCHEDULING": scheduling})
+    assert load(None, environ={}).scheduling == "batch"
+    assert load(None, environ={"HSMKMS_SERVER_SCHEDULING": "default"}).scheduling == "default"
+
+
 def test_tls_min_version_as_a_toml_number_is_refused(tmp_path):
     with pytest.raises(SettingsError, match="tls_min_version must be a string"):
         load(write(tmp_path, "[server]\ntls_min_version = 1.2\n"), environ={})
