@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     options = server_options(settings)
     if args.describe:
         print(json.dumps({"kind": "granian", "source": "hsmkms.server.server_options(settings)",
-                          "options": {k: str(v) for k, v in options.items()}}))
+                          "options": {k: str(v) for k, v in options.items()}, "scheduling": settings.scheduling}))
         return
     apply_scheduling(settings)
     Granian("bare_app:app", **options).serve(target_loader=lambda _target: front(settings, app))
