@@ -179,3 +179,48 @@ def test_the_crypto_path_reads_no_attribute_of_a_key(hsm, hsm_settings):
         assert "key_type" not in vars(worker._keys[object_id])  # python-pkcs11's cached_property, never read
     finally:
         worker.close()
+
+
+def test_gcm_on_a_known_key_takes_the_direct_path(hsm, monkeypatch):
+    """Once a key's handle is cached, GCM calls skip the general path (its closures and retries); a failed tag
+    is still DecryptionFailed."""
+    object_id = new_key(hsm)
+    iv = hsm.random(12)
+    sealed = hsm.gcm_encrypt(object_id, iv, b"first", b"{}")  # the general path: caches the handle
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(hsm, "_with_key", general_path)
+    again = hsm.gcm_encrypt(object_id, iv, b"second", b"{}")
+    assert hsm.gcm_decrypt(object_id, iv, sealed, b"{}") == b"first"
+    assert hsm.gcm_decrypt(object_id, iv, again, b"{}") == b"second"
+    with pytest.raises(DecryptionFailed):
+        hsm.gcm_decrypt(object_id, iv, sealed, b'{"other":"context"}')
+
+
+def test_a_direct_call_that_fails_goes_through_the_general_path(hsm, hsm_settings, monkeypatch):
+    """A key destroyed and made again under the same id by another backend: the cached handle is stale, the
+    direct call fails, and the general path looks the key up again and makes the call."""
+    object_id = new_key(hsm)
+    iv = hsm.random(12)
+    hsm.gcm_encrypt(object_id, iv, b"cached", b"")
+    other = tokens.backend(hsm_settings)
+    other.open()
+    general_calls = []
+    general_path = hsm._with_key
+
+    def counted(*args, **kwargs):
+        general_calls.append(args[0])
+        return general_path(*args, **kwargs)
+
+    monkeypatch.setattr(hsm, "_with_key", counted)
+    try:
+        other.destroy_key(object_id)
+        other.create_aes_key(object_id, f"hsmkms:cmk:test:{object_id}")
+        sealed = hsm.gcm_encrypt(object_id, iv, b"after", b"")
+        assert general_calls == [object_id]
+        assert other.gcm_decrypt(object_id, iv, sealed, b"") == b"after"
+        assert hsm.gcm_decrypt(object_id, iv, other.gcm_encrypt(object_id, iv, b"back", b""), b"") == b"back"
+    finally:
+        other.close()

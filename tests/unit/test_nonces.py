@@ -4,6 +4,7 @@ and a disk it cannot use."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import multiprocessing
 import os
 import re
@@ -16,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hsmkms.store import nonces as nonces_module
 from hsmkms.store.base import StoreError
@@ -462,3 +465,39 @@ def test_a_lock_held_too_long_is_a_store_error(store, path, monkeypatch):
     finally:
         os.close(other)
     assert claim(store, "second")
+
+
+def test_a_nonce_lies_where_its_keyed_digest_says(store, path):
+    """The file format: a nonce's slot holds blake2b(len:key+nonce, keyed by the file's key, 8 bytes), in the
+    page that digest names.  A table written before any change to how the digest is computed stays readable."""
+    assert claim(store, "n-1", key="LTAIexample")
+    with open(path, "rb") as file:
+        header = file.read(PAGE_BYTES)
+        key = header[20:52]  # after the 16-byte magic and the 4-byte page count
+        pages = int.from_bytes(header[16:20], "little")
+        digest = hashlib.blake2b(b"11:LTAIexamplen-1", key=key, digest_size=8).digest()
+        file.seek((1 + int.from_bytes(digest, "little") % pages) * PAGE_BYTES)
+        assert digest in file.read(PAGE_BYTES)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(0, 90), st.integers(1, 200)), min_size=1, max_size=400))
+def test_claims_on_a_small_table_agree_with_a_plain_model(tmp_path_factory, steps):
+    """Any sequence of claims (the common case and spills alike, on a one-page table) answers as a dictionary of
+    nonce -> the second until which it is kept would, as long as the table has room."""
+    store = NonceStore(tmp_path_factory.mktemp("model") / "nonces.bin", table_pages=1)
+    kept: dict[str, int] = {}
+    now = NOW
+    try:
+        for nonce, advance, window in steps:
+            now += advance
+            name = f"n-{nonce}"
+            live = {n for n, until in kept.items() if until >= int(now)}
+            if name not in live and len(live) >= ONE_PAGE_CAPACITY:
+                continue  # a full table is a StoreError, tested on its own
+            expected = name not in live
+            assert claim(store, name, now=now, expires=now + window) is expected
+            if expected:
+                kept[name] = int(now + window) + CLOCK_STEP_GRACE_S
+    finally:
+        store.close()

@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 
 import flask
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from hsmkms.api import render
 from hsmkms.api.render import JSON_TYPE, XML_TYPE
@@ -17,6 +19,7 @@ from hsmkms.errors import (
     SignatureDoesNotMatch,
     StateModifiedFailed,
 )
+from tests.equivalence import EQUIVALENCE
 
 XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>'
 
@@ -152,3 +155,26 @@ def test_error_json_is_compact_and_keeps_colon_message():
     text = error(err, "r", "h").get_data(as_text=True)
     assert ": " not in text.replace(err.message, "")
     assert json.loads(text)["Message"].split(":", 1)[1] == "POST&%2F&a%3Db"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@EQUIVALENCE
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+@example({"Plaintext": "\ud800 lone surrogate", "n": float("nan"), "é": ["\x00\"\\"]})
+def test_json_bodies_are_what_the_json_module_makes(body):
+    """The C encoder made once gives the bytes json.JSONEncoder.encode gives (lone surrogates replaced)."""
+    expected = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode(body).encode("utf-8", "replace")
+    assert render.json_reply(body).body == expected
+
+
+def test_json_without_the_c_encoder_is_the_same(monkeypatch):
+    body = {"KeyId": "k", "Nested": {"List": [1, 2.5, None, True]}, "Text": "é\ud800"}
+    expected = render.json_reply(body).body
+    monkeypatch.setattr(render, "_COMPACT_C", None)
+    assert render.json_reply(body).body == expected

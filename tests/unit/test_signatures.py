@@ -5,8 +5,10 @@ Vectors come from the API reference §3.3 and §3.4.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
+import hmac
 import re
 from urllib.parse import quote
 
@@ -428,6 +430,27 @@ def test_v1_string_to_sign_as_sent_never_stands_for_other_parameters(texts):
     if v1_string_to_sign_as_sent("POST", encoded) == v1_string_to_sign("POST", params):
         sent = sorted(f for text in encoded for f in text.split("&") if f and not f.startswith("Signature="))
         assert sent == sorted(canonical_fields(params))
+
+
+@EQUIVALENCE
+@given(st.lists(st.text(st.sampled_from(RAW_CHARACTERS + "SignatureS"), max_size=30), max_size=3))
+@example(["Signature=a&Signature=b&&x=1", "Signature", "&Signature=&Signaturex=2&"])
+def test_v1_string_to_sign_as_sent_is_its_definition(texts):
+    """Sorted in C with the Signature fields and empty ones taken out by bisection: the same string as the
+    definition (every non-empty field not starting with ``Signature=``, sorted), for any texts at all."""
+    fields = sorted(f for text in texts for f in text.split("&") if f and not f.startswith("Signature="))
+    expected = "GET&%2F&" + "&".join(fields).replace("%", "%25").replace("&", "%26").replace("=", "%3D")
+    assert v1_string_to_sign_as_sent("GET", tuple(texts)) == expected
+
+
+def test_v1_signatures_of_many_secrets_are_hmac_sha1_of_each():
+    """The keyed HMAC state is made once per secret and copied for each signature; more secrets than it keeps
+    (it empties when full) still each get their own."""
+    for round_ in range(2):
+        for index in range(150):
+            secret, text = f"secret-{index}", f"GET&%2F&n%3D{round_}"
+            expected = base64.b64encode(hmac.digest(f"{secret}&".encode(), text.encode(), "sha1")).decode()
+            assert v1_signature(secret, text) == expected
 
 
 def test_v1_request_encoded_otherwise_passes_through_the_canonical_string(auth):

@@ -97,3 +97,22 @@ def test_rejection_instances_are_fresh():
             check("Decrypt", "Disabled")
         errors.append(info.value)
     assert errors[0] is not errors[1]
+
+
+@pytest.mark.parametrize("action", sorted(RULES))
+def test_check_gives_what_each_rule_gives_for_every_state(action):
+    """``check`` answers allowed cells from a table worked out once; every cell of every rule agrees."""
+    for state in KeyState:
+        expected = RULES[action](state)
+        if expected is None:
+            assert check(action, state.value) is None
+            continue
+        with pytest.raises(KmsError) as info:
+            check(action, state.value)
+        assert (type(info.value), info.value.code, info.value.message) == (
+            type(expected), expected.code, expected.message)
+
+
+def test_an_unknown_state_is_still_an_error():
+    with pytest.raises(ValueError):
+        check("Encrypt", "Frozen")
