@@ -3,12 +3,13 @@
     .venv/bin/python scripts/bench/stages.py [--requests N] [--keys K] [--json PATH]
 
 The worker's WSGI application is built in this process exactly as ``hsmkms serve`` builds it (``worker_app``'s
-steps: ``create_app``, store refresh, key warm-up, HSM login) on a fresh deployment (a new SoftHSM token,
-``hsmkms dev-setup``), and pre-signed requests go straight into it, no server in between.  Each stage is timed
-by wrapping the function that does it, with exclusive times (a stage called inside another is subtracted from
-it), so the stages add up to the request.  The wrappers cost a few microseconds of their own: the breakdown
-says where the time goes; ``run.py``'s CPU per request through the server is the figure to compare with the
-targets.  Nothing here touches the production server: the wrappers exist only in this process.
+steps: ``create_app``, store refresh, key warm-up, HSM login; its maintenance scheduler off) on a fresh
+deployment (a new SoftHSM token, ``hsmkms dev-setup``), and pre-signed requests go straight into it, no server
+in between.  Each stage is timed by wrapping the function that does it, with exclusive times (a stage called
+inside another is subtracted from it), so the stages add up to the request.  The wrappers cost a few
+microseconds of their own: the breakdown says where the time goes; ``run.py``'s CPU per request through the
+server is the figure to compare with the targets.  Nothing here touches the production server: the wrappers
+exist only in this process.
 
 ``--keys K`` then creates K keys (CreateKey through the same application), restarts the application as
 ``run.py`` restarts the server, and names a random one in each GenerateDataKey, then decrypts a blob of a
@@ -170,8 +171,9 @@ def build(work: Path):
 
 
 def start(deployment):
-    """The worker's application on ``deployment``, as a (re)started worker builds it: caches warmed."""
-    return worker_app(settings_module.load(deployment.config, environ={}))
+    """The worker's application on ``deployment``, as a (re)started worker builds it: caches warmed.  Without
+    the maintenance scheduler, whose ticks would land in the timings (and outlive the deployment here)."""
+    return worker_app(settings_module.load(deployment.config, environ={"HSMKMS_SCHEDULER_INTERVAL_SECONDS": "0"}))
 
 
 def create_keys(app, deployment, count: int) -> list[str]:
