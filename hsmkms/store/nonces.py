@@ -98,7 +98,7 @@ class NonceStore:
         self._pid = 0
         self._pages = 0
         self._key = b""
-        self._keyed = hashlib.blake2b(digest_size=8)  # blake2b keyed with _key, copied for each digest
+        self._keyed = hashlib.blake2b(digest_size=8)  # blake2b keyed with _key (by _open), copied for each digest
         self._check_file_after = 0.0  # monotonic time after which a claim checks that the file is still ours
         _stores.add(self)
 
@@ -225,12 +225,10 @@ class NonceStore:
                 magic, pages, key = FILE_HEADER.unpack(os.pread(fd, FILE_HEADER.size, 0).ljust(FILE_HEADER.size))
                 if magic == FILE_MAGIC and 1 <= pages <= MAX_TABLE_PAGES:
                     self._pages, self._key = pages, key
-                    self._keyed = hashlib.blake2b(key=key, digest_size=8)
                     if os.fstat(fd).st_size < _file_bytes(pages):  # made before tables were made whole
                         os.ftruncate(fd, _file_bytes(pages))
                 else:  # new, or not a table of ours: it only ever held nonces, so it starts afresh
                     self._pages, self._key = self.table_pages, secrets.token_bytes(32)
-                    self._keyed = hashlib.blake2b(key=self._key, digest_size=8)
                     os.ftruncate(fd, 0)
                     _make_table(fd, self._pages, self._key)
             finally:
@@ -239,6 +237,7 @@ class NonceStore:
             os.close(fd)
             raise
         self._fd, self._pid = fd, os.getpid()
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=8)
         # Checked at once under the lock: a resize may have retired the file between its open and its lock.
         self._check_file_after = 0.0
         return fd
@@ -259,12 +258,8 @@ def _claim(fd: int, table_pages: int, digest: bytes, now: int, until: int) -> bo
     home = int.from_bytes(digest, "little") % table_pages
     page = _read(fd, home)
     _, spill, next_slot = PAGE_HEADER.unpack_from(page)
-    at = SLOTS_AT + SLOT_BYTES * next_slot
-    # The common case, written out (each helper call is a tenth of a claim's Python): no spill, the nonce not
-    # in the page, and the next slot in turn free.  It is then _insert(page, next_slot, digest, until).
-    if spill == 0 and int.from_bytes(page[at + 8:at + SLOT_BYTES], "little") < now and _find(page, digest) < 0:
-        _write(fd, home, b"".join((PAGE_HEADER.pack(PAGE_MAGIC, 0, (next_slot + 1) % SLOTS_PER_PAGE),
-                                   page[SLOTS_AT:at], digest, until.to_bytes(4, "little"), page[at + SLOT_BYTES:])))
+    if spill == 0 and _until(page, _slot_at(next_slot)) < now and _find(page, digest) < 0:
+        _write(fd, home, _insert(page, next_slot, digest, until))  # the common case: one page, its next slot free
         return True
     return _claim_spilled(fd, home, page, digest, now, until)
 
@@ -392,11 +387,8 @@ def _lock_file(fd: int) -> None:
     """The exclusive lock on the file.  A claim holds it for microseconds; when another process has it, try
     again at once for BUSY_SPIN_S, then every BUSY_RETRY_S, and give up with a StoreError after BUSY_TIMEOUT_S
     (a stopped process)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # _try_lock, written out for the common case
+    if _try_lock(fd):
         return
-    except BlockingIOError:
-        pass
     spin_until = time.perf_counter() + BUSY_SPIN_S
     while time.perf_counter() < spin_until:
         if _try_lock(fd):
