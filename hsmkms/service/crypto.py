@@ -93,7 +93,7 @@ class CryptoService:
         """Decode a blob and find the key version and key it names (InvalidCiphertext, Forbidden.KeyNotFound)."""
         parsed = blob.decode(ciphertext_blob)
         version = self.keys.version(parsed.key_version_id)
-        key = self.keys.resolve(version.key_id)
+        key = self.keys.key(version.key_id)
         if not is_symmetric(key):  # a made-up blob naming a key pair's or HMAC key's version
             raise InvalidCiphertext()
         return Located(parsed, version, key)

@@ -219,12 +219,12 @@ class KeyService:
         if kind == "alias":
             alias_arn = self.identity.alias_arn(name)
             try:
-                key = self._key(self._alias_target(name))
+                key = self.key(self._alias_target(name))
             except (KeyNotFound, AliasNotFound) as err:
                 return KeyLookup((alias_arn,), missing=err)
             return KeyLookup((self.identity.key_arn(key.key_id), alias_arn), key)
         try:
-            key = self._key(name)
+            key = self.key(name)
         except KeyNotFound as err:
             named = key_ref if key_ref.startswith("acs:") else self.identity.key_arn(key_ref)
             return KeyLookup((named,), missing=err)
@@ -235,7 +235,7 @@ class KeyService:
         InvalidParameter for a name no alias can have)."""
         alias_arn = self.identity.alias_arn(alias_name)
         try:
-            key = self._key(self._alias_target(validate_alias_name(alias_name)))
+            key = self.key(self._alias_target(validate_alias_name(alias_name)))
         except (KeyNotFound, AliasNotFound, InvalidParameter) as err:
             return KeyLookup((alias_arn,), missing=err)
         return KeyLookup((alias_arn, self.identity.key_arn(key.key_id)), key)
@@ -252,7 +252,8 @@ class KeyService:
             raise KeyNotFound()
         return version
 
-    def _key(self, key_id: str) -> KeyRecord:
+    def key(self, key_id: str) -> KeyRecord:
+        """A key by its id alone, as a version record names it (Forbidden.KeyNotFound)."""
         key = self._keys.get(key_id, lambda: self.store.get_key(key_id) if _UUID.match(key_id) else None)
         if key is None:
             raise KeyNotFound()
@@ -299,7 +300,7 @@ class KeyService:
         if not self.store.update_key(key.key_id, changes, expected_state=key.state):
             raise StateModifiedFailed()
         self.watch.invalidate()
-        return self._key(key.key_id)
+        return self.key(key.key_id)
 
     def describe(self, key: KeyRecord) -> KeyRecord:
         states.check("DescribeKey", key.state)

@@ -8,6 +8,7 @@ the job lock, backup, export and import.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
@@ -28,6 +29,12 @@ from hsmkms.store.base import (
 _LIVE = "destroyed_at IS NULL"
 _KEY_FIELDS = [f.name for f in fields(KeyRecord)]
 KEY_BOOLEANS = [i for i, f in enumerate(fields(KeyRecord)) if f.type == "bool"]
+# Interned: the few names every record repeats (Enabled, Aliyun_AES_256, ...) and the ids the workers' caches are
+# keyed by.  Records then share one copy of each: the per-request checks read a name already in cache, and a
+# cache lookup by a record's field (a version's key id) matches the cached key by identity, without reading a
+# second copy (README, Performance: Many keys).
+KEY_INTERNED = [_KEY_FIELDS.index(name) for name in ("key_id", "state", "key_spec", "key_usage", "origin",
+                                                     "protection_level", "primary_version_id")]
 _KEY_COLUMNS = ", ".join(_KEY_FIELDS)
 _KEY_PLACEHOLDERS = ", ".join("?" for _ in _KEY_FIELDS)
 _VERSION_COLUMNS = "v.version_id, v.key_id, v.created_at"
@@ -85,7 +92,14 @@ def _key(row: Sequence) -> KeyRecord:
     values = list(row)
     for i in KEY_BOOLEANS:  # SQLite stores booleans as integers
         values[i] = bool(values[i])
+    for i in KEY_INTERNED:
+        values[i] = sys.intern(values[i])
     return KeyRecord(*values)
+
+
+def _version(row: Sequence) -> VersionRecord:
+    version_id, key_id, created_at = row
+    return VersionRecord(sys.intern(version_id), sys.intern(key_id), created_at)
 
 
 class _Writer:
@@ -201,7 +215,7 @@ class SqlStore:
             f" WHERE v.version_id = ? AND k.{_LIVE}",
             (version_id,),
         )
-        return VersionRecord(*rows[0]) if rows else None
+        return _version(rows[0]) if rows else None
 
     def list_keys(self, offset: int, limit: int, where: KeyFilter | None = None) -> tuple[list[KeyRecord], int]:
         condition, args = _key_filter_sql(where or KeyFilter(), self.dialect)
@@ -219,13 +233,13 @@ class SqlStore:
             (key_id, limit, offset),
         )
         total = self._select("SELECT COUNT(*) FROM key_versions WHERE key_id = ?", (key_id,))[0][0]
-        return [VersionRecord(*row) for row in rows], total
+        return [_version(row) for row in rows], total
 
     def live_keys_and_versions(self, limit: int) -> tuple[list[KeyRecord], list[VersionRecord]]:
         """Up to ``limit`` live keys and their versions, for warming a worker's caches."""
         keys = [_key(row) for row in self._select(
             f"SELECT {_KEY_COLUMNS} FROM keys WHERE {_LIVE} ORDER BY created_at DESC LIMIT ?", (limit,))]
-        versions = [VersionRecord(*row) for row in self._select(
+        versions = [_version(row) for row in self._select(
             f"SELECT {_VERSION_COLUMNS} FROM key_versions v JOIN keys k USING (key_id)"
             f" WHERE k.{_LIVE} ORDER BY v.created_at DESC LIMIT ?", (limit,))]
         return keys, versions

@@ -199,6 +199,29 @@ def test_gcm_on_a_known_key_takes_the_direct_path(hsm, monkeypatch):
         hsm.gcm_decrypt(object_id, iv, sealed, b'{"other":"context"}')
 
 
+def test_a_key_made_again_under_its_id_here_is_used_by_its_new_handle(hsm, hsm_settings, monkeypatch):
+    """Destroyed and made again by this backend (imported material is, under its version id): the plain handle
+    the direct path keeps is the new key's, so calls neither reach the old object nor fall back."""
+    object_id = new_key(hsm)
+    iv = hsm.random(12)
+    hsm.gcm_encrypt(object_id, iv, b"old key", b"")  # caches the old key's handle
+    hsm.destroy_key(object_id)
+    hsm.create_aes_key(object_id, f"hsmkms:cmk:test:{object_id}")
+
+    def general_path(*args, **kwargs):
+        raise AssertionError("the general path was taken")
+
+    monkeypatch.setattr(hsm, "_with_key", general_path)
+    sealed = hsm.gcm_encrypt(object_id, iv, b"new key", b"")
+    assert hsm._handles[object_id] == hsm._keys[object_id].handle
+    other = tokens.backend(hsm_settings)
+    other.open()
+    try:
+        assert other.gcm_decrypt(object_id, iv, sealed, b"") == b"new key"  # sealed under the object on the token
+    finally:
+        other.close()
+
+
 def test_a_direct_call_that_fails_goes_through_the_general_path(hsm, hsm_settings, monkeypatch):
     """A key destroyed and made again under the same id by another backend: the cached handle is stale, the
     direct call fails, and the general path looks the key up again and makes the call."""

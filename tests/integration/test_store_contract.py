@@ -295,6 +295,27 @@ def test_warming_reads_the_newest_keys_and_versions(store):
     assert {k.key_id for k in keys} == {old.key_id, new.key_id} and len(versions) == 3
 
 
+def test_records_share_one_copy_of_each_name_and_id(open_store):
+    """The few names every record repeats (state, spec, usage, origin, protection level) and the ids: records
+    read back share one copy of each, and a version's key id is its key's own (what the workers' caches rely
+    on to find them in cache)."""
+    store = open_store()
+    first, second = new_key(store), new_key(store)
+    reader = open_store()  # another worker: its records are read, not the ones written
+    keys, versions = reader.live_keys_and_versions(10)
+    records = [reader.get_key(first.key_id), reader.get_key(second.key_id), *keys]
+    for name in ("state", "key_spec", "key_usage", "origin", "protection_level"):
+        assert len({id(getattr(record, name)) for record in records}) == 1, name
+        assert getattr(records[0], name) == getattr(first, name)
+    by_id = {key.key_id: key for key in keys}
+    for version in [*versions, reader.get_version(first.primary_version_id),
+                    *reader.list_versions(first.key_id, 0, 10)[0]]:
+        key = by_id[version.key_id]
+        assert version.key_id is key.key_id
+        assert version.version_id is key.primary_version_id
+    assert reader.get_key(first.key_id).key_id is by_id[first.key_id].key_id
+
+
 # --- tags ------------------------------------------------------------------------------------------------
 
 

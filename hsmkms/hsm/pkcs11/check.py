@@ -288,7 +288,7 @@ def _speed(backend: Pkcs11Backend, report: CheckReport, object_id: str, rounds: 
 
 def _lookup(backend: Pkcs11Backend, report: CheckReport, object_id: str) -> None:
     objects = len(backend.list_key_ids()) + len(backend.foreign_objects())
-    backend._keys.pop(object_id, None)  # forget the handle: the next use searches the token
+    backend._forget_key(object_id)  # forget the handle: the next use searches the token
     started = time.perf_counter()
     found = backend.has_key(object_id)
     report.figures[f"one object lookup, {objects} hsmkms objects (ms)"] = (time.perf_counter() - started) * 1000
