@@ -700,9 +700,11 @@ class Bench:
                                                   "first_request_s": round(time.monotonic() - first, 2)}
         keys = created or ["alias/dev"]
         started = time.monotonic()
-        # Decrypt blobs for every key when there is time for it (about 1 s per 1,500 keys), else a sample.
-        room = self.budget.left() - 4 * self.rounds * (WARMUP_S + RUN_S + 15) - 30 - CLUSTER_RESERVE_S
-        wanted = len(keys) if room > len(keys) / 500 else min(len(keys), 2000)
+        # A blob of every key (about 1 s per 1,500 keys), so that the Decrypt runs name as many keys as the
+        # GenerateDataKey runs; a sample only when the budget cannot afford it, and then the verdict fails.
+        # Each run takes its warm-up and run time and about 2 s of signing and starting wrk.
+        room = self.budget.left() - 4 * self.rounds * (WARMUP_S + RUN_S + 3) - 30 - CLUSTER_RESERVE_S
+        wanted = len(keys) if room > len(keys) / 1000 else min(len(keys), 2000)
         sample = keys if wanted >= len(keys) else random.sample(keys, wanted)
         blobs = self.seed_blobs(client, sample)
         self.results["many_keys_seed"] = {"blobs": len(blobs), "seconds": round(time.monotonic() - started, 1)}
@@ -903,8 +905,11 @@ def verdicts(results: dict) -> list[dict]:
     many = results.get("many_keys_runs", {})
     one_key_after = results.get("one_key_after_many_keys", {})
     total_keys = results.get("key_creation", {}).get("total_keys", 0)
+    created = results.get("key_creation", {}).get("created", 0)
     for action in ("GenerateDataKey", "Decrypt"):
         one, lots = one_key_after.get(action), many.get(action)
+        # GenerateDataKey names any of the keys created; Decrypt the keys whose blobs were seeded.
+        named = results.get("many_keys_seed", {}).get("blobs", 0) if action == "Decrypt" else created
         if not one or not lots:
             checks.append({"target": f"{action} with {MANY_KEYS} keys >= {TARGETS['many_keys_ratio']} x 1 key",
                            "pass": False, "detail": "not measured"})
@@ -915,9 +920,10 @@ def verdicts(results: dict) -> list[dict]:
             lots["ratio_to_first_one_key_run"] = round(lots["rps"] / first["rps"], 3)
         checks.append({
             "target": f"{action} with {MANY_KEYS} keys >= {TARGETS['many_keys_ratio']} x 1 key",
-            "pass": ratio >= TARGETS["many_keys_ratio"] and total_keys >= MANY_KEYS and lots["errors"] == 0
-                    and one["errors"] == 0,
-            "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys (medians of "
+            "pass": ratio >= TARGETS["many_keys_ratio"] and total_keys >= MANY_KEYS and named >= created
+                    and lots["errors"] == 0 and one["errors"] == 0,
+            "detail": f"{lots['rps']:.0f} / {one['rps']:.0f} = {ratio:.2f} with {total_keys} keys, requests naming "
+                      f"{named:,} of them (medians of "
                       f"{_rounds(lots)}; each round's: {_round_figures(lots, 'ratio_to_one_key')}; 1 key: the run "
                       f"beside it, same server; against the first 1-key run "
                       f"{lots.get('ratio_to_first_one_key_run', 0):.2f}), {lots['errors']} errors",
