@@ -59,3 +59,43 @@ def test_decrypt_over_many_keys_passes_only_when_its_requests_name_every_key():
     assert _many_keys_verdicts(sampled) == {"GenerateDataKey": True, "Decrypt": False}
     detail = next(check["detail"] for check in bench.verdicts(sampled) if check["target"].startswith("Decrypt with"))
     assert "naming 2,000 of them" in detail
+
+
+def test_the_machine_is_read_from_lscpu_flat_or_nested_and_named_in_the_summary():
+    flat = {"lscpu": [{"field": "Architecture:", "data": "x86_64"}, {"field": "CPU(s):", "data": "2"},
+                      {"field": "Model name:", "data": "AMD EPYC"}, {"field": "CPU family:", "data": "25"},
+                      {"field": "Model:", "data": "1"}, {"field": "Hypervisor vendor:", "data": "KVM"},
+                      {"field": "L2 cache:", "data": "1 MiB (2 instances)"},
+                      {"field": "L3 cache:", "data": "32 MiB (1 instance)"}]}
+    # util-linux 2.38 and later nest the model's and the caches' fields under a parent field
+    nested = {"lscpu": [{"field": "CPU(s):", "data": "2"},
+                        {"field": "Vendor ID:", "data": "AuthenticAMD", "children": [
+                            {"field": "Model name:", "data": "AMD EPYC", "children": [
+                                {"field": "CPU family:", "data": "25"}, {"field": "Model:", "data": "1"}]}]},
+                        {"field": "Virtualization features:", "data": None, "children": [
+                            {"field": "Hypervisor vendor:", "data": "KVM"}]},
+                        {"field": "Caches (sum of all):", "data": None, "children": [
+                            {"field": "L2:", "data": "1 MiB (2 instances)"},
+                            {"field": "L2 cache:", "data": "1 MiB (2 instances)"},
+                            {"field": "L3 cache:", "data": "32 MiB (1 instance)"}]}]}
+    expected = {"cpu": "AMD EPYC", "family": "25", "model": "1", "cpus": "2", "l2": "1 MiB (2 instances)",
+                "l3": "32 MiB (1 instance)", "hypervisor": "KVM"}
+    assert bench.machine_from_lscpu(flat) == expected
+    assert bench.machine_from_lscpu(nested) == expected
+    assert bench.machine_from_lscpu({}) == {}
+
+    found = {**expected, "kernel": "6.1.0"}
+    line = bench.describe_machine(found)
+    assert line == "AMD EPYC (family 25 model 1), 2 CPUs, L2 1 MiB (2 instances), L3 32 MiB (1 instance), KVM, " \
+                   "Linux 6.1.0"
+    assert bench.describe_machine({"kernel": "6.1.0"}) == "unknown CPU, Linux 6.1.0"
+
+    results = {"machine": found, "bare": {**_run(5000.0), "server_cpu_us_per_request": 178.0}}
+    first = bench.summary(results).splitlines()[0]
+    assert first == f"machine: {line}; the bare endpoint took 178 us of server CPU a request"
+
+
+def test_the_machine_of_this_run_has_at_least_its_kernel():
+    found = bench.machine()
+    assert found["kernel"]
+    assert set(found) <= {"kernel", *bench.MACHINE_FIELDS.values()}
