@@ -1050,7 +1050,8 @@ def chart(results: dict, path: Path) -> None:
         ax.axhline(TARGETS["ratio_to_bare"] * results["bare"]["rps"], color="red", linestyle="--",
                    label=f"target: {TARGETS['ratio_to_bare']} x bare")
         ax.legend(loc="upper right")
-    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8, rotation=30, ha="right")  # the cluster runs' long names side by side
     ax.set_title(f"Throughput ({WRK_THREADS} threads, {CONNECTIONS} connections, {RUN_S} s)")
     ax.set_ylabel("requests / s")
     for i, value in enumerate(rps):
@@ -1062,7 +1063,7 @@ def chart(results: dict, path: Path) -> None:
     ax.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99", color="#d62728")
     ax.axhline(TARGETS["p99_ms"], color="red", linestyle="--", label=f"p99 target {TARGETS['p99_ms']:.0f} ms")
     ax.set_xticks(list(xs))
-    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xticklabels(labels, fontsize=8, rotation=30, ha="right")
     ax.set_ylabel("latency (ms)")
     ax.set_title(f"Latency at {CONNECTIONS} connections")
     ax.legend(loc="upper left")
