@@ -1106,8 +1106,8 @@ MACHINE_FIELDS = {"Model name:": "cpu", "CPU family:": "family", "Model:": "mode
 
 
 def machine() -> dict:
-    """The machine the figures come from: the same code has cost 124 µs a request on one 2-core VM and 216 on
-    another, so a CPU figure (and the absolute CPU target) means little without it."""
+    """The machine the figures come from: the bare endpoint has cost 101 µs a request on one 2-core VM and 216
+    on another, so a CPU figure (and the absolute CPU target) means little without it."""
     found = {"kernel": platform.release()}
     try:
         listing = json.loads(subprocess.run(["lscpu", "-J"], capture_output=True, text=True, timeout=5).stdout)
