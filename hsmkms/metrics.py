@@ -110,10 +110,12 @@ class _Tallies:
         tally[-1] += value
 
     def publish(self) -> None:
-        for (metric, labels), count in self.counts.items():
-            metric.labels(*labels).inc(count)
+        # Histograms first: a scrape (another worker's, at any moment) that counts a request then also holds its
+        # latency, which rate(duration_count) / rate(requests_total) and the tests rely on.
         for (metric, labels), tally in self.histograms.items():
             _add_observations(metric.labels(*labels), tally[:-1], tally[-1])
+        for (metric, labels), count in self.counts.items():
+            metric.labels(*labels).inc(count)
 
 
 def _add_observations(child, per_bucket: list[int], total: float) -> None:

@@ -92,3 +92,30 @@ def test_the_background_flusher_publishes_without_being_asked(monkeypatch):
     while samples(metrics.registry).get(key) != 1.0:
         assert time.monotonic() < deadline, "not published within 5 s"
         time.sleep(0.01)
+
+
+def test_a_scrape_during_a_flush_that_counts_a_request_holds_its_latency():
+    metrics = Metrics({"Decrypt"})
+    for _ in range(3):
+        metrics.request("Decrypt", "Success", 0.002)
+    seen = []
+    counter = metrics._requests
+    original_labels = counter.labels
+
+    def labels_then_scrape(*values):
+        child = original_labels(*values)
+        original_inc = child.inc
+
+        def inc(amount=1):
+            original_inc(amount)
+            seen.append(samples(metrics.registry))  # what a scrape at this moment reads
+
+        child.inc = inc
+        return child
+
+    counter.labels = labels_then_scrape
+    metrics.flush()
+    assert seen, "the flush published no request count"
+    for scraped in seen:
+        counted = scraped['hsmkms_requests_total{action="Decrypt",code="Success"}']
+        assert scraped['hsmkms_request_duration_seconds_count{action="Decrypt"}'] >= counted == 3
