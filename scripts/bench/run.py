@@ -1100,9 +1100,10 @@ def git_state() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "hsmkms"))}
 
 
-# lscpu's fields that say what a figure in µs was measured on, and their names in the results.
+# lscpu's fields that say what a figure in µs was measured on, and their names in the results.  Its flat
+# listing names the caches "L2 cache:", its hierarchic one "L2:" under "Caches (sum of all):".
 MACHINE_FIELDS = {"Model name:": "cpu", "CPU family:": "family", "Model:": "model", "CPU(s):": "cpus",
-                  "L2 cache:": "l2", "L3 cache:": "l3", "Hypervisor vendor:": "hypervisor"}
+                  "L2 cache:": "l2", "L2:": "l2", "L3 cache:": "l3", "L3:": "l3", "Hypervisor vendor:": "hypervisor"}
 
 
 def machine() -> dict:
@@ -1117,7 +1118,7 @@ def machine() -> dict:
 
 
 def machine_from_lscpu(listing: dict) -> dict:
-    """MACHINE_FIELDS out of ``lscpu -J``'s listing, flat or nested (newer lscpu puts fields under others)."""
+    """MACHINE_FIELDS out of ``lscpu -J``'s listing, flat or hierarchic (fields under others, as "children")."""
     fields: dict[str, str] = {}
     pending = list(listing.get("lscpu", []))
     while pending:

@@ -67,7 +67,8 @@ def test_the_machine_is_read_from_lscpu_flat_or_nested_and_named_in_the_summary(
                       {"field": "Model:", "data": "1"}, {"field": "Hypervisor vendor:", "data": "KVM"},
                       {"field": "L2 cache:", "data": "1 MiB (2 instances)"},
                       {"field": "L3 cache:", "data": "32 MiB (1 instance)"}]}
-    # util-linux 2.38 and later nest the model's and the caches' fields under a parent field
+    # lscpu's hierarchic listing nests the model's, the hypervisor's and the caches' fields, and names the caches
+    # "L2:" there
     nested = {"lscpu": [{"field": "CPU(s):", "data": "2"},
                         {"field": "Vendor ID:", "data": "AuthenticAMD", "children": [
                             {"field": "Model name:", "data": "AMD EPYC", "children": [
@@ -75,9 +76,9 @@ def test_the_machine_is_read_from_lscpu_flat_or_nested_and_named_in_the_summary(
                         {"field": "Virtualization features:", "data": None, "children": [
                             {"field": "Hypervisor vendor:", "data": "KVM"}]},
                         {"field": "Caches (sum of all):", "data": None, "children": [
+                            {"field": "L1d:", "data": "64 KiB (2 instances)"},
                             {"field": "L2:", "data": "1 MiB (2 instances)"},
-                            {"field": "L2 cache:", "data": "1 MiB (2 instances)"},
-                            {"field": "L3 cache:", "data": "32 MiB (1 instance)"}]}]}
+                            {"field": "L3:", "data": "32 MiB (1 instance)"}]}]}
     expected = {"cpu": "AMD EPYC", "family": "25", "model": "1", "cpus": "2", "l2": "1 MiB (2 instances)",
                 "l3": "32 MiB (1 instance)", "hypervisor": "KVM"}
     assert bench.machine_from_lscpu(flat) == expected
